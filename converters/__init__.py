@@ -1,0 +1,1 @@
+"""Conversion stage: QAT Keras model -> TFLite flatbuffer -> TFLite-Micro project."""
