@@ -1,0 +1,1 @@
+"""The ``tflq`` command line: ``tflq <verb> --flags``; ``tflq --helpfull`` lists every flag."""

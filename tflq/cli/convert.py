@@ -1,0 +1,51 @@
+"""``tflq convert``: a Keras model file -> int8 TFLite flatbuffer at --output.
+
+A QAT model (saved by tflq) converts as it is; a float model is quantized with
+--scheme and calibrated on --calibration_samples images of --dataset first
+(post-training quantization).
+"""
+import os
+
+from absl import flags, logging
+import tf_keras as keras
+
+from converters.tflite import convert
+from tflq import datasets, outputs
+from tflq.cli import flags_common
+from tflq.errors import TflqError
+from tflq.qat import quantize_model, quantize_scope
+
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the .tflite flatbuffer.")
+
+
+def load_keras_model(path: str) -> keras.Model:
+    """Loads a tf_keras model file (float or tflq QAT); errors name the file."""
+    if not os.path.exists(path):
+        raise TflqError(f"--keras_model {path}: no such file")
+    try:
+        with quantize_scope():
+            return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise TflqError(f"--keras_model {path}: not a tf_keras model file ({e})") from None
+
+
+def _is_qat(model: keras.Model) -> bool:
+    return any(type(l).__name__ in ("QuantizeLayer", "QuantizeWrapperV2", "QuantizeWrapper")
+               for l in model.layers)
+
+
+def main():
+    for flag in (flags_common.KERAS_MODEL, _OUTPUT):
+        if not flag.value:
+            raise flags.ValidationError(f"--{flag.name} is required")
+    outputs.check_free(_OUTPUT.value, flags_common.OVERWRITE.value)
+    model = load_keras_model(flags_common.KERAS_MODEL.value)
+    if not _is_qat(model):
+        logging.info("%s is a float model: quantizing with %s, calibrating on %s",
+                     flags_common.KERAS_MODEL.value, flags_common.SCHEME.value, flags_common.DATASET.value)
+        (x_train, _), _ = datasets.load(flags_common.DATASET.value)
+        model = quantize_model(model, scheme=flags_common.SCHEME.value,
+                               calibration_data=x_train[:flags_common.CALIBRATION_SAMPLES.value])
+    flatbuffer = convert(model)
+    outputs.write_bytes(_OUTPUT.value, flatbuffer, flags_common.OVERWRITE.value)
+    print(f"wrote {_OUTPUT.value} ({len(flatbuffer)} bytes)")

@@ -1,0 +1,15 @@
+"""Flags shared by the verbs."""
+from absl import flags
+
+from tflq import datasets, schemes
+
+DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", list(datasets.NAMES),
+                            "Built-in dataset (no network needed).")
+SCHEME = flags.DEFINE_string("scheme", "int8", f"Quantization scheme: one of {', '.join(schemes.NAMES)}.")
+OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+CALIBRATION_SAMPLES = flags.DEFINE_integer(
+    "calibration_samples", 1000, "Training images used to set quantization ranges.", lower_bound=1)
+KERAS_MODEL = flags.DEFINE_string(
+    "keras_model", None,
+    "A tf_keras model file (.h5/.keras): for `train`, a float model to train instead of "
+    "--model; for `convert`, a float or tflq QAT model to convert.")
