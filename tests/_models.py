@@ -1,0 +1,67 @@
+"""Tiny int8 models built with plain TF for the firmware tests (no training, no tflq.convert).
+
+Random-init weights are enough: the tests compare the firmware with the TFLM host
+interpreter bit for bit, and that holds for any weights.
+"""
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+L = keras.layers
+
+
+def mlp(inputs=64, hidden=32, classes=10):
+    return keras.Sequential([L.InputLayer((inputs,)), L.Dense(hidden, activation="relu"),
+                             L.Dense(classes)], name="mlp")
+
+
+def small_cnn(side=12, filters=4, classes=10):
+    return keras.Sequential([L.InputLayer((side, side, 1)),
+                             L.Conv2D(filters, 3, activation="relu"), L.MaxPool2D(),
+                             L.Flatten(), L.Dense(classes)], name="small_cnn")
+
+
+def fashion_cnn(classes=10):
+    """A Fashion-MNIST-shaped CNN (28x28x1) small enough for 16 KiB of RAM."""
+    return keras.Sequential([L.InputLayer((28, 28, 1)),
+                             L.Conv2D(8, 3, padding="same", activation="relu"), L.MaxPool2D(),
+                             L.Conv2D(16, 3, padding="same", activation="relu"), L.MaxPool2D(),
+                             L.Flatten(), L.Dense(classes)], name="fashion_cnn")
+
+
+def wide_cnn(side=48, filters=16, classes=10):
+    """Too big for the FE310: one 48x48x16 int8 activation alone is 36 KiB."""
+    return keras.Sequential([L.InputLayer((side, side, 1)),
+                             L.Conv2D(filters, 3, padding="same", activation="relu"),
+                             L.GlobalAveragePooling2D(), L.Dense(classes)], name="wide_cnn")
+
+
+def to_int8_tflite(model, seed=0, samples=32) -> bytes:
+    """Full-integer flatbuffer with int8 input and output, calibrated on random data."""
+    rng = np.random.default_rng(seed)
+    shape = (samples, *model.input_shape[1:])
+    data = rng.uniform(-1, 1, shape).astype(np.float32)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None]] for x in data)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def build(name: str, seed=0) -> bytes:
+    keras.utils.set_random_seed(seed)
+    return to_int8_tflite({"mlp": mlp, "small_cnn": small_cnn, "fashion_cnn": fashion_cnn,
+                           "wide_cnn": wide_cnn}[name](), seed)
+
+
+def random_inputs(flatbuffer: bytes, count: int, seed=1) -> np.ndarray:
+    """``count`` int8 inputs spanning the whole int8 range, shaped like the model input."""
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    shape = interpreter.get_input_details()[0]["shape"][1:]
+    return np.random.default_rng(seed).integers(-128, 128, (count, *shape), dtype=np.int8)

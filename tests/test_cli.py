@@ -1,0 +1,77 @@
+"""The `tflq` console script, run as a user runs it (a real subprocess)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TFLQ = [sys.executable, "-m", "tflq.cli.main"]
+
+
+def tflq(*args, cwd=None):
+    return subprocess.run(TFLQ + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_helpfull_lists_the_verbs_flags():
+    result = tflq("--helpfull")  # absl prints the help and exits 1, by its convention
+    for flag in ("--dataset", "--scheme", "--output_dir", "--[no]overwrite", "--keras_model", "--output:"):
+        assert flag in result.stdout
+
+
+def test_missing_verb_is_a_usage_error():
+    result = tflq("--dataset=digits")
+    assert result.returncode != 0 and "give a verb first" in result.stderr
+
+
+def test_bad_flag_is_refused():
+    result = tflq("train", "--epochs=lots")
+    assert result.returncode != 0 and "--epochs" in result.stderr
+
+
+def test_unknown_dataset_value_is_refused():
+    result = tflq("train", "--dataset=cifar10", "--output_dir=x")
+    assert result.returncode != 0 and "dataset" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = tflq("train", "--dataset=digits", "--model=mlp", "--epochs=2", "--qat_epochs=0.5",
+                  f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "TFLite int8 accuracy" in result.stdout
+    return out
+
+
+def test_train_writes_models_and_metrics(trained_dir):
+    assert sorted(os.listdir(trained_dir)) == ["float.h5", "metrics.json", "model.tflite", "qat.h5"]
+    metrics = json.loads((trained_dir / "metrics.json").read_text())
+    assert metrics["flatbuffer_bytes"] == os.path.getsize(trained_dir / "model.tflite")
+    assert metrics["qat_tflite_agreement"] >= 0.95
+
+
+def test_existing_output_dir_is_not_overwritten(trained_dir):
+    before = {f: os.path.getmtime(trained_dir / f) for f in os.listdir(trained_dir)}
+    result = tflq("train", "--dataset=digits", "--model=mlp", "--epochs=0", "--qat_epochs=0",
+                  f"--output_dir={trained_dir}")
+    assert result.returncode != 0 and "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert {f: os.path.getmtime(trained_dir / f) for f in os.listdir(trained_dir)} == before
+
+
+def test_convert_float_and_qat_models(trained_dir, tmp_path):
+    for name in ("float.h5", "qat.h5"):
+        out = tmp_path / f"{name}.tflite"
+        result = tflq("convert", f"--keras_model={trained_dir / name}", "--dataset=digits",
+                      f"--output={out}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert out.read_bytes()[4:8] == b"TFL3"
+    again = tflq("convert", f"--keras_model={trained_dir / 'qat.h5'}", f"--output={out}")
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temp files left
+
+
+def test_convert_names_a_missing_model_file(tmp_path):
+    result = tflq("convert", f"--keras_model={tmp_path}/nope.h5", f"--output={tmp_path}/m.tflite")
+    assert result.returncode != 0 and "nope.h5: no such file" in result.stderr
+    assert not os.path.exists(tmp_path / "m.tflite")
