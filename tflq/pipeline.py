@@ -86,19 +86,31 @@ def tflite_predict(flatbuffer: bytes, x: np.ndarray, batch: int = 500) -> np.nda
     return np.concatenate(outputs)
 
 
+class _StepTimes(keras.callbacks.Callback):
+    """Wall time of each training step (batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
 def _fit(model, x, y, epochs: float, batch_size: int, verbose) -> float:
-    """Fits for ``epochs`` (fractions allowed); returns mean seconds per step."""
+    """Fits for ``epochs`` (fractions allowed); returns the median seconds per step,
+    leaving out the first 10 steps (graph tracing)."""
     whole, part = int(epochs), epochs - int(epochs)
-    steps = 0
-    start = time.perf_counter()
+    steps = _StepTimes()
     if whole:
-        model.fit(x, y, epochs=whole, batch_size=batch_size, verbose=verbose)
-        steps += whole * int(np.ceil(len(x) / batch_size))
+        model.fit(x, y, epochs=whole, batch_size=batch_size, verbose=verbose, callbacks=[steps])
     if part:
-        n = int(len(x) * part)
-        model.fit(x[:n], y[:n], epochs=1, batch_size=batch_size, verbose=verbose)
-        steps += int(np.ceil(n / batch_size))
-    return (time.perf_counter() - start) / max(steps, 1)
+        n = max(int(len(x) * part), batch_size)
+        model.fit(x[:n], y[:n], epochs=1, batch_size=batch_size, verbose=verbose, callbacks=[steps])
+    return float(np.median(steps.times[10:] or steps.times))
 
 
 def _accuracy(model, x, y) -> float:

@@ -14,6 +14,10 @@ VERBS = {"train": train.main, "convert": convert.main}
 
 
 def main(argv):
+    # TensorFlow logs its own INFO lines (SavedModel assets, converter notes) through
+    # absl; tflq's one line per stage is what a user wants to read.
+    import logging
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     if len(argv) < 2 or argv[1] not in VERBS:
         raise app.UsageError(
             f"give a verb first: tflq {{{'|'.join(VERBS)}}} [--flags]; "
@@ -27,11 +31,7 @@ def main(argv):
 
 
 def run():
-    # TensorFlow logs its own INFO lines (SavedModel assets, converter notes) through
-    # absl; tflq's one line per stage is what a user wants to read.
-    import logging
     import warnings
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
     warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
     warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what `make demo` (setup.sh demo) or `make test` (setup.sh test) needs on
+# Debian 12: Debian packages (when root; otherwise prints the apt line and stops),
+# a .venv at the repo root, and `pip install -e .` with every version pinned.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-demo}
+
+pkgs=(dataset-fashion-mnist python3-venv)
+if [ "$what" = test ]; then
+  # riscv gcc + picolibc + C++ headers build FE310 firmware; QEMU runs it.
+  pkgs+=(gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf libstdc++-arm-none-eabi-dev
+         qemu-system-misc make)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing Debian packages; run: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "setup: tflq needs Python 3.11 (TensorFlow 2.21 + tfmot 0.8.1); $python is $("$python" -V 2>&1)" >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+
+# Reinstall only when the pins change.
+stamp=.venv/.tflq-installed-$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  echo "setup: pip install -e '.[test]' (pinned by setup.cfg and constraints.txt)"
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+  rm -f .venv/.tflq-installed-*
+  touch "$stamp"
+fi
