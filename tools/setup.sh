@@ -8,9 +8,10 @@ what=${1:-demo}
 
 pkgs=(dataset-fashion-mnist python3-venv)
 if [ "$what" = test ]; then
-  # riscv gcc + picolibc + C++ headers build FE310 firmware; QEMU runs it.
+  # riscv gcc + picolibc + C++ headers build FE310 firmware; QEMU runs it;
+  # Bazel 4.2.3 (Debian) builds it too, offline.
   pkgs+=(gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf libstdc++-arm-none-eabi-dev
-         qemu-system-misc make)
+         qemu-system-misc make bazel-bootstrap bazel-rules-java)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
