@@ -33,6 +33,24 @@ def fashion_cnn(classes=10):
                              L.Flatten(), L.Dense(classes)], name="fashion_cnn")
 
 
+def dw_softmax(side=12, classes=10):
+    """Depthwise conv, average pooling and a softmax: other kernels, other OpData."""
+    return keras.Sequential([L.InputLayer((side, side, 2)),
+                             L.DepthwiseConv2D(3, depth_multiplier=2, activation="relu"),
+                             L.AveragePooling2D(), L.Flatten(), L.Dense(classes),
+                             L.Softmax()], name="dw_softmax")
+
+
+def residual(side=8, channels=4, classes=10):
+    """A skip connection (ADD), global average pooling (MEAN) and a sigmoid (LOGISTIC)."""
+    x = inputs = L.Input((side, side, channels))
+    y = L.Conv2D(channels, 3, padding="same")(x)
+    x = L.ReLU()(L.Add()([x, y]))
+    x = L.GlobalAveragePooling2D()(x)
+    outputs = L.Dense(classes, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name="residual")
+
+
 def wide_cnn(side=48, filters=16, classes=10):
     """Too big for the FE310: one 48x48x16 int8 activation alone is 36 KiB."""
     return keras.Sequential([L.InputLayer((side, side, 1)),
@@ -56,8 +74,11 @@ def to_int8_tflite(model, seed=0, samples=32) -> bytes:
 
 def build(name: str, seed=0) -> bytes:
     keras.utils.set_random_seed(seed)
-    return to_int8_tflite({"mlp": mlp, "small_cnn": small_cnn, "fashion_cnn": fashion_cnn,
-                           "wide_cnn": wide_cnn}[name](), seed)
+    return to_int8_tflite(BUILDERS[name](), seed)
+
+
+BUILDERS = {"mlp": mlp, "small_cnn": small_cnn, "fashion_cnn": fashion_cnn,
+            "dw_softmax": dw_softmax, "residual": residual, "wide_cnn": wide_cnn}
 
 
 def random_inputs(flatbuffer: bytes, count: int, seed=1) -> np.ndarray:

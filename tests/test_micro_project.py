@@ -1,0 +1,189 @@
+"""generate_project: files, ops, embedded data, RAM budget, atomic writes. No TFLM needed."""
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
+import tensorflow as tf
+
+from converters import flatbuffer as fb
+from converters import micro_project, tflm
+from tflq.errors import TflqError
+
+PROJECT_FILES = {
+    "Makefile", "README.md", "main.cc", "model_data.cc", "model_data.h", "test_data.cc",
+    "test_data.h", "fe310/fe310.c", "fe310/fe310.h", "fe310/uart.c", "fe310/uart.h",
+    "fe310/perf.h", "fe310/tflm_port.cc", "fe310/fe310_sections.ld", "fe310/hifive1-reva.ld",
+    "fe310/hifive1-revb.ld"}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: _models.build(name) for name in ("mlp", "small_cnn", "wide_cnn")}
+
+
+@pytest.fixture(autouse=True)
+def no_tflm_sources(monkeypatch):
+    """Generating must not need the TFLM sources (CI has none)."""
+    monkeypatch.delenv(tflm.ROOT_ENV, raising=False)
+
+
+def tflite_op_names(flatbuffer):
+    """The model's ops as TensorFlow Lite's own interpreter lists them."""
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def resolver_calls(main_cc: str):
+    return sorted(re.findall(r"op_resolver\.(Add\w+)\(\)", main_cc))
+
+
+def files_in(folder):
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def parse_c_array(text: str, name: str) -> list[int]:
+    body = re.search(rf"{name}\[[^\]]*\](?:\[[^\]]*\])? = \{{(.*?)\n\}};", text, re.S).group(1)
+    return [int(v, 0) for v in re.findall(r"-?0x[0-9a-f]+|-?\d+", body)]
+
+
+def test_project_holds_model_ops_and_data(models, tmp_path):
+    flatbuffer = models["mlp"]
+    inputs = _models.random_inputs(flatbuffer, 5)
+    out = micro_project.generate_project(flatbuffer, tmp_path / "mlp", test_inputs=inputs)
+
+    assert files_in(out) == PROJECT_FILES
+    assert not [p for p in out.rglob("*") if p.is_file() and "{{" in p.read_text(errors="replace")]
+    model_cc = (out / "model_data.cc").read_text()
+    assert "alignas(16) const unsigned char g_model_data[]" in model_cc
+    assert bytes(parse_c_array(model_cc, "g_model_data")) == flatbuffer
+    test_cc = (out / "test_data.cc").read_text()
+    assert np.array_equal(parse_c_array(test_cc, "g_test_inputs"), inputs.reshape(-1))
+    assert "kNumTestInputs = 5;" in (out / "test_data.h").read_text()
+
+
+@pytest.mark.parametrize("name, ops", [
+    ("mlp", ["FULLY_CONNECTED"]),
+    ("small_cnn", ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE"]),
+])
+def test_resolver_registers_exactly_the_model_ops(models, tmp_path, name, ops):
+    flatbuffer = models[name]
+    assert tflite_op_names(flatbuffer) == ops
+    out = micro_project.generate_project(flatbuffer, tmp_path / name)
+    main_cc = (out / "main.cc").read_text()
+
+    assert resolver_calls(main_cc) == sorted(tflm.OPS[op].resolver_call for op in ops)
+    assert f"MicroMutableOpResolver<{len(ops)}>" in main_cc
+    makefile = (out / "Makefile").read_text()
+    kernels = re.search(r"TFLM_KERNEL_SRCS := \\\n(.*?)\n\n", makefile, re.S).group(1).split()
+    assert [k for k in kernels if k != "\\"] == list(tflm.kernel_sources(ops))
+    assert ("kernels/conv.cc" in makefile) == ("CONV_2D" in ops)
+
+
+def test_arena_in_firmware_is_the_budgeted_bound(models, tmp_path):
+    flatbuffer = models["small_cnn"]
+    budget = micro_project.memory_budget(flatbuffer)
+    out = micro_project.generate_project(flatbuffer, tmp_path / "cnn")
+    main_cc = (out / "main.cc").read_text()
+    assert f"kTensorArenaSize = {budget.arena};" in main_cc
+    assert budget.arena % 16 == 0 and budget.total <= micro_project.RAM_BYTES
+    # The int8 activations alone: the 10x10x4 conv output and the 5x5x4 pooled one.
+    assert budget.arena >= 10 * 10 * 4 + 5 * 5 * 4
+    assert f"STACK_BYTES := {budget.stack}" in (out / "Makefile").read_text()
+
+
+def test_model_too_big_for_ram_is_refused_with_its_numbers(models, tmp_path):
+    out = tmp_path / "wide"
+    with pytest.raises(TflqError) as error:
+        micro_project.generate_project(models["wide_cnn"], out)
+    found = re.search(r"arena (\d+\.\d) KiB \+ stack (\d+\.\d) KiB \+ static (\d+\.\d) KiB = "
+                      r"(\d+\.\d) KiB > 16 KiB RAM \(FE310\)", str(error.value))
+    assert found, str(error.value)
+    arena, stack, static, total = map(float, found.groups())
+    # One 48x48x16 int8 activation is 36 KiB; the input (2.25 KiB) is live beside it.
+    assert arena >= 36 + 2.25 and stack == 2.0
+    assert abs(arena + stack + static - total) <= 0.15
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_is_kept_unless_overwrite(models, tmp_path):
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(TflqError, match="already exists"):
+        micro_project.generate_project(models["mlp"], out)
+    assert files_in(out) == {"mine.txt"}
+
+    micro_project.generate_project(models["mlp"], out, overwrite=True)
+    assert files_in(out) == PROJECT_FILES
+    assert [p.name for p in tmp_path.iterdir()] == ["proj"]  # no temporary folders left
+
+
+def test_failure_midway_writes_nothing(models, tmp_path, monkeypatch):
+    def broken(text, values, template):
+        if template == "Makefile":
+            raise TflqError("template broke")
+        return text
+    monkeypatch.setattr(micro_project, "_fill", broken)
+    with pytest.raises(TflqError, match="template broke"):
+        micro_project.generate_project(models["mlp"], tmp_path / "proj")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_op_is_named(models, tmp_path):
+    model = fb.load(models["mlp"])
+    model.operatorCodes[0].builtinCode = fb.schema.BuiltinOperator.SVDF
+    model.operatorCodes[0].deprecatedBuiltinCode = fb.schema.BuiltinOperator.SVDF
+    with pytest.raises(TflqError, match=r"op\(s\) SVDF"):
+        micro_project.generate_project(fb.dump(model), tmp_path / "svdf")
+    assert not (tmp_path / "svdf").exists()
+
+
+def test_float_model_is_refused(tmp_path):
+    import tf_keras as keras
+    model = keras.Sequential([keras.layers.InputLayer((4,)), keras.layers.Dense(2)])
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with pytest.raises(TflqError, match="is not int8"):
+        micro_project.generate_project(flatbuffer, tmp_path / "float")
+
+
+def test_bad_test_inputs_are_refused(models, tmp_path):
+    with pytest.raises(TflqError, match="pass int8"):
+        micro_project.generate_project(models["mlp"], tmp_path / "a",
+                                       test_inputs=np.zeros((2, 64), np.float32))
+    with pytest.raises(TflqError, match=r"expected \(count, 64\)"):
+        micro_project.generate_project(models["mlp"], tmp_path / "b",
+                                       test_inputs=np.zeros((2, 63), np.int8))
+
+
+def test_default_self_test_input_is_the_zero_point(models, tmp_path):
+    out = micro_project.generate_project(models["mlp"], tmp_path / "mlp")
+    model = fb.load(models["mlp"])
+    zero_point = int(fb.tensor(model, model.subgraphs[0].inputs[0]).zero_point[0])
+    assert parse_c_array((out / "test_data.cc").read_text(), "g_test_inputs") == [zero_point] * 64
+
+
+def test_missing_tflm_root_names_the_variable():
+    with pytest.raises(TflqError, match=tflm.ROOT_ENV):
+        tflm.source_root()
+    assert tflm.source_root(required=False) is None
+
+
+def test_op_table_is_consistent():
+    for op, kernel in tflm.OPS.items():
+        assert kernel.resolver_call.startswith("Add"), op
+        assert all(s.startswith("tensorflow/lite/micro/kernels/") for s in kernel.sources), op
+    assert not set(tflm.HOST_PORT_SOURCES) & set(tflm.FRAMEWORK_SOURCES)
+    with pytest.raises(TflqError, match="CUMSUM"):
+        tflm.kernels_for(["CUMSUM", "CONV_2D"])
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_makefile_without_tflm_root_says_what_to_set(models, tmp_path):
+    out = micro_project.generate_project(models["mlp"], tmp_path / "mlp")
+    done = subprocess.run(["make", "-n", "-C", str(out)], capture_output=True, text=True)
+    assert done.returncode != 0 and "TFLQ_TFLM_ROOT is not set" in done.stderr
+    assert subprocess.run(["make", "-C", str(out), "clean"], capture_output=True).returncode == 0
