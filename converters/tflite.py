@@ -31,6 +31,12 @@ def convert(qat_model, representative_data=None) -> bytes:
     Ranges come from the QAT model's fake-quant nodes; ``representative_data``
     (model inputs) is needed only for tensors the QAT model left unquantized.
     """
+    from tflq.qat import LowBitWeightQuantizer, quantized_kernels
+
+    # A low-bit layer's stored int8 range was set before the last optimizer step.
+    for _, kernel, quantizer, variables in quantized_kernels(qat_model):
+        if isinstance(quantizer, LowBitWeightQuantizer):
+            quantizer.sync(kernel, variables)
     converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.inference_input_type = tf.int8
@@ -41,6 +47,13 @@ def convert(qat_model, representative_data=None) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     flatbuffer = converter.convert()
     _check_integer_only(flatbuffer, qat_model.name)
+    bad = [l for l in low_bit_layers(qat_model, flatbuffer) if not l.ok]
+    if bad:
+        raise TflqError("low-bit weights did not survive conversion exactly: " + "; ".join(
+            f"layer {l.layer!r} ({l.quantizer}): " + (
+                "no int8 tensor in the flatbuffer equals its quantized weights" if not l.exact else
+                f"{l.max_levels_seen} distinct int8 values in a channel > {l.num_levels} levels")
+            for l in bad))
     return flatbuffer
 
 
@@ -64,3 +77,71 @@ def _check_integer_only(flatbuffer: bytes, name: str) -> None:
             f"model {name!r} did not convert to integers only: float tensors "
             f"{', '.join(floats[:5])}{' ...' if len(floats) > 5 else ''} remain. "
             "Quantize every layer with tflq.quantize_model, or pass representative_data.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LowBitLayer:
+    """How one low-bit layer's weights came out in the flatbuffer."""
+
+    layer: str
+    quantizer: str
+    bits: int
+    num_levels: int           # the quantizer's level count per channel
+    max_levels_seen: int      # most distinct int8 values in any channel of the tensor
+    tensor: str               # the flatbuffer tensor holding the weights
+    exact: bool               # int8 * scale == the QAT model's quantized weights
+
+    @property
+    def ok(self) -> bool:
+        return self.exact and self.max_levels_seen <= self.num_levels
+
+
+def low_bit_layers(qat_model, flatbuffer: bytes) -> list[LowBitLayer]:
+    """Finds each low-bit layer's int8 weight tensor and checks it holds exactly
+    the quantizer's levels (compared with the QAT model's quantized weights)."""
+    from converters import flatbuffer as fb
+    from tflq.qat import LowBitWeightQuantizer, quantized_kernels
+
+    model = fb.load(flatbuffer)
+    constants = []
+    for i, t in enumerate(model.subgraphs[0].tensors):
+        tensor = fb.tensor(model, i)
+        if tensor.data is not None and tensor.data.dtype == np.int8 and len(tensor.scale):
+            constants.append(tensor)
+    found = []
+    for wrapper, kernel, quantizer, variables in quantized_kernels(qat_model):
+        if not isinstance(quantizer, LowBitWeightQuantizer):
+            continue
+        attr = "depthwise_kernel" if quantizer.depthwise else "kernel"
+        expected = np.asarray(quantizer(kernel, False, variables))
+        wq = quantizer.weight_quantizer
+        # The kernel as TFLite lays it out: Conv2D (out, kh, kw, in); Dense (out, in);
+        # DepthwiseConv2D (1, kh, kw, in * multiplier).
+        if attr == "depthwise_kernel":
+            candidates = [expected.reshape(1, *expected.shape[:2], -1)]
+        elif expected.ndim == 4:
+            candidates = [np.transpose(expected, (3, 0, 1, 2))]
+        else:
+            candidates = [expected.T]
+        match = None
+        for t in constants:
+            for want in candidates:
+                if t.data.shape != want.shape:
+                    continue
+                axis = 0 if len(t.scale) > 1 and t.data.ndim and t.data.shape[0] == len(t.scale) else -1
+                scale = t.scale.reshape([-1 if d == (axis % t.data.ndim) else 1
+                                         for d in range(t.data.ndim)]) if len(t.scale) > 1 else t.scale[0]
+                if np.allclose(t.data * scale, want, rtol=1e-5, atol=1e-6 * np.abs(want).max()):
+                    match = (t, axis)
+                    break
+            if match:
+                break
+        if match is None:
+            found.append(LowBitLayer(wrapper.layer.name, wq.alias, wq.bits, wq.num_levels, -1, "", False))
+            continue
+        t, axis = match
+        channels = np.moveaxis(t.data, axis, 0).reshape(t.data.shape[axis], -1) if len(t.scale) > 1 \
+            else t.data.reshape(1, -1)
+        seen = max(len(np.unique(c)) for c in channels)
+        found.append(LowBitLayer(wrapper.layer.name, wq.alias, wq.bits, wq.num_levels, seen, t.name, True))
+    return found

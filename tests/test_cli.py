@@ -75,3 +75,22 @@ def test_convert_names_a_missing_model_file(tmp_path):
     result = tflq("convert", f"--keras_model={tmp_path}/nope.h5", f"--output={tmp_path}/m.tflite")
     assert result.returncode != 0 and "nope.h5: no such file" in result.stderr
     assert not os.path.exists(tmp_path / "m.tflite")
+
+
+def test_micro_generates_a_project_and_keeps_an_existing_one(trained_dir, tmp_path):
+    out = tmp_path / "fw"
+    result = tflq("micro", f"--tflite={trained_dir / 'model.tflite'}", "--dataset=digits",
+                  "--test_inputs=4", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "KiB RAM (FE310)" in result.stdout
+    assert {"main.cc", "Makefile", "model_data.cc", "test_data.cc"} <= set(os.listdir(out))
+    again = tflq("micro", f"--tflite={trained_dir / 'model.tflite'}", f"--output_dir={out}")
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_report_on_the_qat_model(trained_dir, tmp_path):
+    result = tflq("report", f"--keras_model={trained_dir / 'qat.h5'}", f"--output_dir={tmp_path / 'r'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| hidden | int8 | 8 |" in (tmp_path / "r" / "report.md").read_text()
+    refused = tflq("report", f"--keras_model={trained_dir / 'float.h5'}", f"--output_dir={tmp_path / 'f'}")
+    assert refused.returncode != 0 and "is a float model" in refused.stderr

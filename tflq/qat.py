@@ -10,11 +10,16 @@ This is the only module that knows tfmot's wrappers. The path from
    that trains is the model that converts. tfmot keeps BN separate during training
    and folds it only in the converter, so its trained and converted weights differ
    (tfmot #549).
-3. tfmot's ``quantize_annotate_model`` + ``quantize_apply`` with its default 8-bit
-   scheme: symmetric int8 weights (per-channel for Conv2D/DepthwiseConv2D, per-tensor
-   for Dense), asymmetric int8 activations with moving-average ranges, ReLU/ReLU6
-   fused into the preceding layer.
-4. Optional calibration (``tflq.calibration``): ranges from data, so the QAT model
+3. ``fuse_relus``: a ReLU/ReLU6 layer after a linear Conv2D / DepthwiseConv2D /
+   Dense becomes that layer's activation, so one fake-quant follows the fused op,
+   as TFLite runs it.
+4. tfmot's ``quantize_annotate_layer`` + ``quantize_apply`` with its default 8-bit
+   scheme: symmetric int8 weights (per-channel for Conv2D, per-tensor for Dense and
+   DepthwiseConv2D, as tfmot does), asymmetric int8 activations with moving-average
+   ranges. Layers the scheme gives a low-bit quantizer get ``LowBitQuantizeConfig``:
+   the same activation handling, and weights through a ``tflq.quantizers``
+   quantizer whose levels land exactly on an int8 grid (``LowBitWeightQuantizer``).
+5. Optional calibration (``tflq.calibration``): ranges from data, so the QAT model
    predicts at near-float accuracy before any fine-tuning.
 """
 from __future__ import annotations
@@ -27,6 +32,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry)
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
     model_transformer, transforms)
 
@@ -51,9 +58,20 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> 
     """
     scheme = schemes.resolve(scheme)
     check_model(model)
-    folded = fold_batch_norms(model)
+    folded = fuse_relus(fold_batch_norms(model))
     check_layers(folded)
-    annotated = tfmot.quantization.keras.quantize_annotate_model(folded)
+    configs = schemes.layer_quantizers(scheme, folded)
+
+    def annotate(layer):
+        if layer.name not in configs:
+            return tfmot.quantization.keras.quantize_annotate_layer(layer)
+        attr = "depthwise_kernel" if isinstance(layer, keras.layers.DepthwiseConv2D) else "kernel"
+        return tfmot.quantization.keras.quantize_annotate_layer(
+            layer, LowBitQuantizeConfig(configs[layer.name], attr, scheme.incremental))
+
+    annotated = keras.models.clone_model(folded, clone_function=lambda l: annotate(
+        l.__class__.from_config(l.get_config())))
+    annotated.set_weights(folded.get_weights())
     with quantize_scope():
         qat_model = tfmot.quantization.keras.quantize_apply(annotated)
     if calibration_data is not None:
@@ -65,7 +83,9 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> 
 @contextlib.contextmanager
 def quantize_scope():
     """Context in which a saved tflq QAT model loads back (``keras.models.load_model``)."""
-    with tfmot.quantization.keras.quantize_scope():
+    with tfmot.quantization.keras.quantize_scope(
+            {"LowBitQuantizeConfig": LowBitQuantizeConfig,
+             "LowBitWeightQuantizer": LowBitWeightQuantizer}):
         yield
 
 
@@ -125,6 +145,149 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     return folded
 
 
+def fuse_relus(model: keras.Model) -> keras.Model:
+    """Returns ``model`` with each ReLU / ReLU6 layer after a linear Conv2D /
+    DepthwiseConv2D / Dense (used by nothing else) made that layer's activation."""
+    if not any(isinstance(l, keras.layers.ReLU) for l in model.layers):
+        return model
+    fused, _ = model_transformer.ModelTransformer(model, [_FuseReLU()]).transform()
+    return fused
+
+
+class _FuseReLU(transforms.Transform):
+    def pattern(self):
+        return transforms.LayerPattern(
+            "ReLU", inputs=[transforms.LayerPattern("|".join(_FOLDABLE),
+                                                    config={"activation": "linear"})])
+
+    def replacement(self, match_layer):
+        relu, layer_node = match_layer.layer["config"], match_layer.input_layers[0]
+        plain = relu.get("negative_slope", 0) == 0 and relu.get("threshold", 0) == 0
+        activation = {None: "relu", 6.0: "relu6"}.get(relu.get("max_value")) if plain else None
+        if activation is None:
+            return match_layer  # a leaky or clipped ReLU stays a layer of its own
+        cfg = dict(layer_node.layer["config"], activation=activation)
+        return transforms.LayerNode(dict(layer_node.layer, config=cfg),
+                                    weights=layer_node.weights,
+                                    input_layers=layer_node.input_layers,
+                                    metadata=layer_node.metadata)
+
+
+class LowBitWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """tfmot Quantizer around a ``tflq.quantizers.WeightQuantizer``.
+
+    The tflq quantizer maps the kernel to its levels (with its straight-through
+    gradient); a final int8 fake-quant over [-127Δ, 127Δ] (narrow range) then
+    tells the TFLite converter the int8 scale Δ. Because every level is an integer
+    multiple k·Δ with |k| <= 127, that fake-quant changes nothing and the int8
+    tensor the converter writes holds exactly the quantizer's levels.
+
+    The range is stored and set on every training step (and by calibration),
+    like tfmot's LastValueQuantizer; inference and the converter use the stored one.
+
+    ``incremental=True`` is INQ (Zhou et al. 2017, see ``tflq.inq``): only the
+    weights in the mask are quantized and frozen; the rest stay float (on the int8
+    grid) and keep training until the ``tflq.inq.INQ`` callback has masked them all.
+    """
+
+    def __init__(self, weight_quantizer, depthwise: bool = False, incremental: bool = False):
+        from tflq import quantizers
+        self.weight_quantizer = quantizers.get(weight_quantizer)
+        self.depthwise = depthwise
+        self.incremental = incremental
+
+    def build(self, tensor_shape, name, layer):
+        # The int8 range [-127Δ, 127Δ] lives in variables, as tfmot's own weight
+        # quantizers keep theirs: the converter folds a fake-quant whose bounds are
+        # variables, but not always one whose bounds are computed from the weights.
+        channels = tensor_shape[-1] * (tensor_shape[-2] if self.depthwise else 1)
+        shape = (channels,) if self.weight_quantizer.per_channel else ()
+        bound = lambda v: keras.initializers.Constant(v)  # noqa: E731  tfmot's initial ±6
+        variables = {
+            "min_var": layer.add_weight(f"{name}_min", shape=shape, initializer=bound(-6.0),
+                                        trainable=False),
+            "max_var": layer.add_weight(f"{name}_max", shape=shape, initializer=bound(6.0),
+                                        trainable=False)}
+        if self.incremental:
+            zeros = keras.initializers.Zeros()
+            variables["mask"] = layer.add_weight(f"{name}_inq_mask", shape=tensor_shape,
+                                                 initializer=zeros, trainable=False)
+            variables["frozen"] = layer.add_weight(f"{name}_inq_frozen", shape=tensor_shape,
+                                                   initializer=zeros, trainable=False)
+        return variables
+
+    def levels(self, kernel):
+        """The quantizer's levels for ``kernel`` (a Keras-layout kernel)."""
+        return self._unflat(self.weight_quantizer(self._flat(kernel)), kernel)
+
+    def _source_and_levels(self, kernel, variables):
+        """(what Δ is computed from, the quantized kernel). Δ comes from the float
+        kernel, never from its levels: μL2Q's σ of the levels differs from the
+        kernel's. For INQ both are the mix of frozen levels and float weights."""
+        if self.incremental:
+            mask = variables["mask"]
+            mixed = mask * variables["frozen"] + (1.0 - mask) * kernel
+            return mixed, mixed
+        return kernel, self.levels(kernel)
+
+    def sync(self, kernel, variables) -> None:
+        """Sets the stored int8 range from the current kernel. Training steps set it
+        before the optimizer moves the weights; ``tflq.convert`` calls this first."""
+        source, _ = self._source_and_levels(kernel, variables)
+        step = self.weight_quantizer.step(self._flat(source))
+        variables["min_var"].assign(-127.0 * step)
+        variables["max_var"].assign(127.0 * step)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        source, levels = self._source_and_levels(inputs, weights)
+        low, high = weights["min_var"], weights["max_var"]
+        if training:
+            step = tf.stop_gradient(self.weight_quantizer.step(self._flat(source)))
+            low, high = low.assign(-127.0 * step), high.assign(127.0 * step)
+        fake_quant = (tf.quantization.fake_quant_with_min_max_vars if low.shape.rank == 0
+                      else tf.quantization.fake_quant_with_min_max_vars_per_channel)
+        return self._unflat(fake_quant(self._flat(levels), low, high, num_bits=8,
+                                       narrow_range=True), inputs)
+
+    def _flat(self, kernel):
+        # Depthwise kernels are (kh, kw, in, mult); output channel = in * mult + m.
+        return tf.reshape(kernel, (*kernel.shape[:2], 1, -1)) if self.depthwise else kernel
+
+    def _unflat(self, w, like):
+        return tf.reshape(w, like.shape) if self.depthwise else w
+
+    def get_config(self):
+        wq = self.weight_quantizer
+        return {"weight_quantizer": {"class_name": type(wq).__name__, "config": wq.get_config()},
+                "depthwise": self.depthwise, "incremental": self.incremental}
+
+    def __eq__(self, other):
+        return isinstance(other, LowBitWeightQuantizer) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
+class LowBitQuantizeConfig(default_8bit_quantize_registry.Default8BitQuantizeConfig):
+    """tfmot's 8-bit config (int8 activations, fused activation) with low-bit weights."""
+
+    def __init__(self, weight_quantizer, weight_attr: str = "kernel", incremental: bool = False):
+        super().__init__([weight_attr], ["activation"], False)
+        if not isinstance(weight_quantizer, LowBitWeightQuantizer):
+            weight_quantizer = LowBitWeightQuantizer(
+                weight_quantizer, depthwise=weight_attr == "depthwise_kernel",
+                incremental=incremental)
+        self.weight_quantizer = weight_quantizer
+
+    def get_config(self):
+        return {"weight_quantizer": self.weight_quantizer.get_config(),
+                "weight_attr": self.weight_attrs[0]}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(LowBitWeightQuantizer(**config["weight_quantizer"]), config["weight_attr"])
+
+
 class _FoldBatchNorm(transforms.Transform):
     """tfmot graph transform: (Conv2D | DepthwiseConv2D | Dense) -> BN  ==>  one layer."""
 
@@ -175,3 +338,19 @@ class _FoldBatchNorm(transforms.Transform):
 def _weights_by_suffix(weights: dict) -> dict:
     """{'conv/kernel:0': w} -> {'kernel': w}."""
     return {name.split("/")[-1].split(":")[0]: np.asarray(value) for name, value in weights.items()}
+
+
+def quantized_kernels(qat_model):
+    """``[(wrapper, kernel_variable, tfmot_quantizer, quantizer_variables)]`` for every
+    quantized Conv2D / DepthwiseConv2D / Dense kernel of a tflq QAT model.
+
+    Calling ``tfmot_quantizer(kernel_variable, False, quantizer_variables)`` gives the
+    kernel as the model uses it in inference. (tfmot 0.8.1 keeps these in the
+    wrapper's ``_weight_vars``; this is the one place that reads them.)
+    """
+    found = []
+    for wrapper in qat_model.layers:
+        for weight, quantizer, variables in getattr(wrapper, "_weight_vars", ()):
+            if weight.name.endswith(("/kernel:0", "/depthwise_kernel:0")):
+                found.append((wrapper, weight, quantizer, variables))
+    return found

@@ -29,7 +29,7 @@ def load_keras_model(path: str) -> keras.Model:
         raise TflqError(f"--keras_model {path}: not a tf_keras model file ({e})") from None
 
 
-def _is_qat(model: keras.Model) -> bool:
+def is_qat(model: keras.Model) -> bool:
     return any(type(l).__name__ in ("QuantizeLayer", "QuantizeWrapperV2", "QuantizeWrapper")
                for l in model.layers)
 
@@ -40,7 +40,7 @@ def main():
             raise flags.ValidationError(f"--{flag.name} is required")
     outputs.check_free(_OUTPUT.value, flags_common.OVERWRITE.value)
     model = load_keras_model(flags_common.KERAS_MODEL.value)
-    if not _is_qat(model):
+    if not is_qat(model):
         logging.info("%s is a float model: quantizing with %s, calibrating on %s",
                      flags_common.KERAS_MODEL.value, flags_common.SCHEME.value, flags_common.DATASET.value)
         (x_train, _), _ = datasets.load(flags_common.DATASET.value)

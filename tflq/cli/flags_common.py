@@ -1,11 +1,14 @@
 """Flags shared by the verbs."""
 from absl import flags
 
-from tflq import datasets, schemes
+from tflq import datasets
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", list(datasets.NAMES),
                             "Built-in dataset (no network needed).")
-SCHEME = flags.DEFINE_string("scheme", "int8", f"Quantization scheme: one of {', '.join(schemes.NAMES)}.")
+SCHEME = flags.DEFINE_string(
+    "scheme", "int8", "Quantization scheme: int8 (Jacob et al.) or a low-bit weight quantizer "
+    "alias (log3, log4, ternary, bwn, ul2q2, dorefa2, fixed4, minmax4, inq4, ...; see "
+    "tflq.schemes.names()).")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
 CALIBRATION_SAMPLES = flags.DEFINE_integer(
     "calibration_samples", 1000, "Training images used to set quantization ranges.", lower_bound=1)
@@ -13,3 +16,6 @@ KERAS_MODEL = flags.DEFINE_string(
     "keras_model", None,
     "A tf_keras model file (.h5/.keras): for `train`, a float model to train instead of "
     "--model; for `convert`, a float or tflq QAT model to convert.")
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Output folder, written atomically: for `train`, models and metrics; "
+    "for `report`, histograms and report.md.")

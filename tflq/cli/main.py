@@ -7,10 +7,11 @@ from tflq import _env  # noqa: F401  -- before TensorFlow
 
 from absl import app
 
-from tflq.cli import convert, train
+from tflq.cli import convert, micro, report, train
 from tflq.errors import TflqError
 
-VERBS = {"train": train.main, "convert": convert.main}
+VERBS = {"train": train.main, "convert": convert.main, "micro": micro.main,
+         "report": report.main}
 
 
 def main(argv):

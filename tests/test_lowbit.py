@@ -1,0 +1,116 @@
+"""Low-bit weights survive conversion exactly, for every registered quantizer."""
+import numpy as np
+import pytest
+import tf_keras as keras
+
+import tflq
+from converters.tflite import low_bit_layers
+from tflq import inq, models, pipeline, quantizers
+from tflq.errors import TflqError
+from tflq.schemes import Scheme
+
+L = keras.layers
+
+
+def mixed_model():
+    """Conv2D (int8, first) -> DepthwiseConv2D -> Conv2D 1x1 -> Dense -> Dense (int8, last):
+    the three middle layers get the scheme's low-bit quantizer."""
+    return keras.Sequential([
+        L.InputLayer((8, 8, 1)),
+        L.Conv2D(8, 3, padding="same", use_bias=False, name="conv1"),
+        L.BatchNormalization(name="bn1"), L.ReLU(name="relu1"),
+        L.DepthwiseConv2D(3, padding="same", name="dw"), L.ReLU(name="relu_dw"),
+        L.Conv2D(16, 1, strides=2, name="pw", activation="relu"),
+        L.Flatten(), L.Dense(32, activation="relu", name="fc"), L.Dense(10, name="logits")],
+        name="mixed")
+
+
+@pytest.fixture(scope="module")
+def trained_mixed(digits):
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = models.compile_for_classification(mixed_model())
+    model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("alias", quantizers.ALIASES)
+def test_every_quantizer_converts_exactly(alias, trained_mixed, digits, tmp_path):
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(1)
+    qat = tflq.quantize_model(trained_mixed, scheme=alias, calibration_data=x_train)
+    models.compile_for_classification(qat, learning_rate=1e-3)
+    qat.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0)
+    flatbuffer = tflq.convert(qat)
+
+    layers = {l.layer: l for l in low_bit_layers(qat, flatbuffer)}
+    assert sorted(layers) == ["dw", "fc", "pw"]
+    for l in layers.values():
+        assert l.exact, l                          # int8 * scale == QAT weights
+        assert l.max_levels_seen <= l.num_levels, l
+        # Same family and bits; "twn" is "ternary", and Dense / depthwise layers
+        # quantize per tensor, so "bwn" there is BinaryConnect's "binary".
+        assert type(quantizers.get(l.quantizer)) is type(quantizers.get(alias))
+        assert l.bits == quantizers.get(alias).bits
+
+    x = np.concatenate([x_train, x_test])
+    qat_pred = qat.predict(x, verbose=0).argmax(-1)
+    assert np.mean(pipeline.tflite_predict(flatbuffer, x).argmax(-1) == qat_pred) >= 0.99
+    # Agreement means little if the model collapsed to one class. fixed2's step is a
+    # power of two >= max|w|, so most weights round to 0: two epochs do not recover.
+    if alias != "fixed2":
+        assert np.mean(qat_pred == np.concatenate([y_train, y_test])) > 0.3
+
+    path = str(tmp_path / "qat.h5")
+    with tflq.quantize_scope():
+        qat.save(path)
+        loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x_test, verbose=0), qat.predict(x_test, verbose=0))
+
+
+def test_mixed_per_layer_precision(trained_mixed, digits):
+    (x_train, _), _ = digits
+    scheme = Scheme(weights="log4", overrides={"dw": "ternary", "logits": "fixed4"})
+    qat = tflq.quantize_model(trained_mixed, scheme=scheme, calibration_data=x_train)
+    found = {l.layer: l.quantizer for l in low_bit_layers(qat, tflq.convert(qat))}
+    assert found == {"dw": "ternary", "pw": "log4", "fc": "log4", "logits": "fixed4"}
+
+
+def test_callable_override_and_all_layers_low_bit(trained_mixed, digits):
+    (x_train, _), _ = digits
+    scheme = Scheme(weights="int8", first_last_int8=False,
+                    overrides=lambda layer: "bwn" if layer.name.startswith(("conv", "pw")) else None)
+    qat = tflq.quantize_model(trained_mixed, scheme=scheme, calibration_data=x_train)
+    found = {l.layer: l.quantizer for l in low_bit_layers(qat, tflq.convert(qat))}
+    assert found == {"conv1": "bwn", "pw": "bwn"}
+
+
+def test_override_on_a_layer_without_weights(trained_mixed):
+    with pytest.raises(TflqError, match=r"'relu_dw'.*no such layer|'flatten.*no Conv2D"):
+        tflq.quantize_model(trained_mixed, scheme=Scheme(overrides={"relu_dw": "log3"}))
+    with pytest.raises(TflqError, match=r"'flatten' \(Flatten\): it has no Conv2D/DepthwiseConv2D/Dense"):
+        tflq.quantize_model(trained_mixed, scheme=Scheme(overrides={"flatten": "log3"}))
+
+
+def test_unknown_alias_lists_the_known_ones(trained_mixed):
+    with pytest.raises(TflqError, match=r"unknown scheme 'log9'.*log3"):
+        tflq.quantize_model(trained_mixed, scheme="log9")
+    with pytest.raises(TflqError, match=r"layer 'fc'"):
+        tflq.quantize_model(trained_mixed, scheme=Scheme(overrides={"fc": "nonsense"}))
+
+
+def test_inq_freezes_incrementally_and_ends_exact(trained_mixed, digits):
+    (x_train, y_train), _ = digits
+    qat = tflq.quantize_model(trained_mixed, scheme="inq4", calibration_data=x_train)
+    models.compile_for_classification(qat, learning_rate=1e-3)
+    shares = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            masks = [v["mask"].numpy() for _, _, _, v in inq.incremental_layers(qat)]
+            shares.append(sum(m.sum() for m in masks) / sum(m.size for m in masks))
+
+    qat.fit(x_train, y_train, epochs=4, batch_size=32, verbose=0, callbacks=[inq.INQ(), Record()])
+    assert shares == pytest.approx([0.5, 0.75, 0.875, 1.0], abs=0.01)
+    layers = low_bit_layers(qat, tflq.convert(qat))
+    assert len(layers) == 3 and all(l.ok and l.num_levels == 15 for l in layers)
