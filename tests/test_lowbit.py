@@ -21,7 +21,8 @@ def mixed_model():
         L.BatchNormalization(name="bn1"), L.ReLU(name="relu1"),
         L.DepthwiseConv2D(3, padding="same", name="dw"), L.ReLU(name="relu_dw"),
         L.Conv2D(16, 1, strides=2, name="pw", activation="relu"),
-        L.Flatten(), L.Dense(32, activation="relu", name="fc"), L.Dense(10, name="logits")],
+        L.Flatten(name="flatten"), L.Dense(32, activation="relu", name="fc"),
+        L.Dense(10, name="logits")],
         name="mixed")
 
 
