@@ -236,7 +236,52 @@ def _render_files(flatbuffer, io, kernels, inputs, budget, board) -> dict[str, s
         if not path.is_file():
             raise TflqError(f"FE310 platform file {path} is missing: the project needs it")
         files[f"fe310/{name}"] = path.read_bytes()
+    files.update(_bazel_files(values, kernels))
     return files
+
+
+# The project as a Bazel workspace: template -> path in the project, and tflq's own
+# Bazel pieces copied in (micro/toolchain and the rules_cc shim stay the one source).
+_BAZEL_TEMPLATES = {"WORKSPACE.tmpl": "WORKSPACE", "bazelrc.tmpl": ".bazelrc",
+                    "BUILD.tmpl": "BUILD", "fe310_BUILD.tmpl": "fe310/BUILD",
+                    "bazel_BUILD.tmpl": "bazel/BUILD", "tflm.bzl.tmpl": "bazel/tflm.bzl"}
+_BAZEL_COPIES = {_PLATFORM.parent / "toolchain": "bazel/toolchain",
+                 _PLATFORM.parent.parent / "tools/bazel/rules_cc_shim": "bazel/rules_cc_shim"}
+
+
+def _bazel_files(values: dict, kernels) -> dict[str, str | bytes]:
+    """WORKSPACE, BUILD files and bazel/ for `bazel build --config=fe310 //:firmware`.
+
+    The BUILD compiles the Makefile's sources with its flags; bazel/tflm.bzl provides
+    them as @tflm, from $TFLQ_TFLM_ROOT or downloaded at converters/tflm.py's pins.
+    """
+    values = dict(
+        values,
+        tflm_copts=_bzl_list(tflm.CXX_FLAGS),
+        bazel_framework_sources=_bzl_list(tflm.FRAMEWORK_SOURCES, brackets=False),
+        bazel_kernel_sources=_bzl_list(tflm.kernel_sources(kernels), brackets=False),
+        tflm_commit=tflm.TFLM_COMMIT,
+        flatbuffers_version=tflm.FLATBUFFERS_VERSION,
+        gemmlowp_commit=tflm.GEMMLOWP_COMMIT,
+        gemmlowp_sha256=tflm.GEMMLOWP_SHA256,
+        ruy_commit=tflm.RUY_COMMIT,
+        ruy_sha256=tflm.RUY_SHA256,
+    )
+    files: dict[str, str | bytes] = {
+        dest: _fill((_TEMPLATES / "bazel" / template).read_text(), values, template)
+        for template, dest in _BAZEL_TEMPLATES.items()}
+    for source, dest in _BAZEL_COPIES.items():
+        if not source.is_dir():
+            raise TflqError(f"{source} is missing: the project's Bazel build needs a copy of it")
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                files[f"{dest}/{path.relative_to(source).as_posix()}"] = path.read_bytes()
+    return files
+
+
+def _bzl_list(items, brackets: bool = True) -> str:
+    lines = "\n".join(f'    "{item}",' for item in items)
+    return f"[\n{lines}\n]" if brackets else lines
 
 
 def _cxx_stdlib_includes() -> tuple[str, ...]:

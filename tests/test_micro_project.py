@@ -17,7 +17,12 @@ PROJECT_FILES = {
     "Makefile", "README.md", "main.cc", "model_data.cc", "model_data.h", "test_data.cc",
     "test_data.h", "fe310/fe310.c", "fe310/fe310.h", "fe310/uart.c", "fe310/uart.h",
     "fe310/perf.h", "fe310/tflm_port.cc", "fe310/fe310_sections.ld", "fe310/hifive1-reva.ld",
-    "fe310/hifive1-revb.ld"}
+    "fe310/hifive1-revb.ld",
+    # the project as a Bazel workspace (tests/test_firmware_bazel.py)
+    "WORKSPACE", ".bazelrc", "BUILD", "fe310/BUILD", "bazel/BUILD", "bazel/tflm.bzl",
+    "bazel/toolchain/BUILD", "bazel/toolchain/cc_toolchain_config.bzl",
+    "bazel/rules_cc_shim/WORKSPACE", "bazel/rules_cc_shim/BUILD", "bazel/rules_cc_shim/cc/BUILD",
+    "bazel/rules_cc_shim/cc/defs.bzl"}
 
 
 @pytest.fixture(scope="module")
