@@ -16,10 +16,51 @@ def load(flatbuffer: bytes) -> "schema.ModelT":
     return schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
 
 
+class _AlignedBuilder(flatbuffers.Builder):
+    """Aligns every vector to 16 bytes, as the schema's `force_align: 16` asks of buffer
+    data (the Python object API ignores it): kernels cast int32 bias data to pointers,
+    and the FE310 traps on misaligned word loads (QEMU does not)."""
+
+    def StartVector(self, elemSize, numElems, alignment):
+        return super().StartVector(elemSize, numElems, max(alignment, 16))
+
+
 def dump(model: "schema.ModelT") -> bytes:
-    builder = flatbuffers.Builder(0)
+    builder = _AlignedBuilder(0)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def drop_unused(model: "schema.ModelT") -> None:
+    """Removes tensors no operator or subgraph I/O uses, and buffers no tensor or
+    metadata uses (buffer 0 stays: the schema's empty sentinel). In place."""
+    used_buffers = {0} | {m.buffer for m in (model.metadata or [])}
+    for sg in model.subgraphs:
+        used = sorted({i for op in sg.operators for i in (*op.inputs, *op.outputs,
+                                                          *(op.intermediates or []))
+                       if i >= 0} | set(sg.inputs) | set(sg.outputs))
+        remap = {old: new for new, old in enumerate(used)}
+        sg.tensors = [sg.tensors[i] for i in used]
+        for op in sg.operators:
+            op.inputs = [remap[i] if i >= 0 else i for i in op.inputs]
+            op.outputs = [remap[i] for i in op.outputs]
+            if op.intermediates is not None:
+                op.intermediates = [remap[i] for i in op.intermediates]
+        sg.inputs = [remap[i] for i in sg.inputs]
+        sg.outputs = [remap[i] for i in sg.outputs]
+        for sig in model.signatureDefs or []:
+            if sig.subgraphIndex == model.subgraphs.index(sg):
+                for t in (*(sig.inputs or []), *(sig.outputs or [])):
+                    t.tensorIndex = remap[t.tensorIndex]
+        used_buffers |= {t.buffer for t in sg.tensors}
+    kept = sorted(used_buffers)
+    remap_b = {old: new for new, old in enumerate(kept)}
+    model.buffers = [model.buffers[i] for i in kept]
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            t.buffer = remap_b[t.buffer]
+    for m in model.metadata or []:
+        m.buffer = remap_b[m.buffer]
 
 
 def op_name(model: "schema.ModelT", op) -> str:

@@ -1,0 +1,334 @@
+/* tflq's layer kernels (see tflq_kernels.h): int8 rows, bit-plane subset sums and
+ * codebook product tables, for FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D.
+ *
+ * FC and CONV_2D share one engine over an input vector of `depth` values (CONV_2D
+ * gathers each output pixel's patch first, padding taps set to the input zero point).
+ * The vector is processed in blocks of inputs; per block a table is built once and
+ * read by every output channel. Only byte loads touch the weights, so rows need no
+ * alignment (the FE310 traps on misaligned word loads; QEMU does not). */
+#include <string.h>
+
+#include "tflq_kernels.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Inputs per block: 512 bytes of tables whatever the format. */
+enum { PLANES_BLOCK = 64, LUT_TABLE_BYTES = 512 };
+
+int32_t tflq_requantize(int32_t acc, int32_t multiplier, int32_t shift) {
+  const int left = shift > 0 ? shift : 0;
+  const int right = shift > 0 ? 0 : -shift;
+  /* gemmlowp SaturatingRoundingDoublingHighMul (multiplier >= 0, so no overflow case
+   * other than INT32_MIN * INT32_MIN, impossible here). */
+  const int64_t ab = (int64_t)(int32_t)((uint32_t)acc << left) * multiplier;
+  const int64_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
+  const int64_t sum = ab + nudge;
+  /* C division truncates toward zero, as gemmlowp's does. */
+  const int32_t high = (int32_t)(sum >= 0 ? sum >> 31 : -((-sum) >> 31));
+  /* gemmlowp RoundingDivideByPOT */
+  const int32_t mask = (int32_t)(((uint32_t)1 << right) - 1);
+  const int32_t remainder = high & mask;
+  const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+  return (high >> right) + (remainder > threshold ? 1 : 0);
+}
+
+INLINE int8_t finish(const tflq_layer_t* l, int c, int32_t acc) {
+  int32_t v = tflq_requantize(acc + l->bias[c], l->multiplier[c], l->shift[c]) +
+              l->output_offset;
+  if (v < l->act_min) v = l->act_min;
+  if (v > l->act_max) v = l->act_max;
+  return (int8_t)v;
+}
+
+static int block_inputs(const tflq_layer_t* l) {
+  const int padded = (l->depth + 7) & ~7;
+  int block = padded;
+  if (l->format == TFLQ_FMT_PLANES) block = PLANES_BLOCK;
+  if (l->format == TFLQ_FMT_LUT) block = LUT_TABLE_BYTES / (2 << l->bits);
+  return block < padded ? block : padded;
+}
+
+static int uses_shared_tables(const tflq_layer_t* l) {
+  return l->op != TFLQ_OP_DEPTHWISE &&
+         (l->format == TFLQ_FMT_PLANES ||
+          (l->format == TFLQ_FMT_LUT && !l->per_channel_codebook));
+}
+
+size_t tflq_scratch_bytes(const tflq_layer_t* l) {
+  size_t bytes = 0;
+  if (l->op == TFLQ_OP_CONV) bytes += (size_t)((l->depth + 7) & ~7); /* patch */
+  if (uses_shared_tables(l)) {
+    const int block = block_inputs(l);
+    bytes += l->format == TFLQ_FMT_PLANES ? (size_t)block / 4 * 16 * 2
+                                          : (size_t)block * (2u << l->bits);
+    if (block < l->depth) bytes += 4 * (size_t)l->out_channels; /* accumulators */
+  }
+  return bytes;
+}
+
+/* ---- int8 rows: two output channels per pass share the input loads ---- */
+
+INLINE int32_t dot1(const int8_t* x, const int8_t* w, int depth) {
+  int32_t s = 0;
+  int k = 0;
+  for (; k + 4 <= depth; k += 4)
+    s += x[k] * w[k] + x[k + 1] * w[k + 1] + x[k + 2] * w[k + 2] + x[k + 3] * w[k + 3];
+  for (; k < depth; ++k) s += x[k] * w[k];
+  return s;
+}
+
+static void int8_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
+  const int depth = l->depth;
+  const int8_t* w = (const int8_t*)l->weights;
+  int c = 0;
+  for (; c + 2 <= l->out_channels; c += 2, w += 2 * depth) {
+    const int8_t* w1 = w + depth;
+    int32_t s0 = 0, s1 = 0;
+    int k = 0;
+    for (; k + 4 <= depth; k += 4) {
+      const int32_t x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+      s0 += x0 * w[k] + x1 * w[k + 1] + x2 * w[k + 2] + x3 * w[k + 3];
+      s1 += x0 * w1[k] + x1 * w1[k + 1] + x2 * w1[k + 2] + x3 * w1[k + 3];
+    }
+    for (; k < depth; ++k) {
+      s0 += x[k] * w[k];
+      s1 += x[k] * w1[k];
+    }
+    out[c] = finish(l, c, s0);
+    out[c + 1] = finish(l, c + 1, s1);
+  }
+  if (c < l->out_channels) out[c] = finish(l, c, dot1(x, w, depth));
+}
+
+/* ---- bit planes: 16-entry subset-sum tables of 4 inputs ---- */
+
+static void planes_tables(const int8_t* x, int k0, int count, int depth, int16_t* t) {
+  for (int g = 0; g < count; g += 4, t += 16) {
+    int16_t v[4];
+    for (int i = 0; i < 4; ++i) v[i] = (int16_t)(k0 + g + i < depth ? x[k0 + g + i] : 0);
+    const int16_t a[4] = {0, v[0], v[1], (int16_t)(v[0] + v[1])};
+    const int16_t b[4] = {0, v[2], v[3], (int16_t)(v[2] + v[3])};
+    for (int j = 0; j < 4; ++j)
+      for (int i = 0; i < 4; ++i) t[4 * j + i] = (int16_t)(a[i] + b[j]);
+  }
+}
+
+INLINE int32_t planes_row(const uint8_t* w, const int16_t* t, int chunks, const int bits) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int q = 0; q < chunks; ++q, w += bits, t += 32) {
+    uint32_t b = w[0];
+    s0 += t[b & 15] + t[16 + (b >> 4)];
+    if (bits > 1) { b = w[1]; s1 += t[b & 15] + t[16 + (b >> 4)]; }
+    if (bits > 2) { b = w[2]; s2 += t[b & 15] + t[16 + (b >> 4)]; }
+    if (bits > 3) { b = w[3]; s3 += t[b & 15] + t[16 + (b >> 4)]; }
+  }
+  return s0 + (s1 << 1) + (s2 << 2) + (s3 << 3);
+}
+
+/* ---- codebook: per input, the products with all 2^bits levels ---- */
+
+static void lut_tables(const int8_t* x, int k0, int count, int depth, const int8_t* levels,
+                       int bits, int16_t* t) {
+  const int n = 1 << bits;
+  for (int i = 0; i < count; ++i, t += n) {
+    const int32_t v = k0 + i < depth ? x[k0 + i] : 0;
+    for (int c = 0; c < n; ++c) t[c] = (int16_t)(v * levels[c]);
+  }
+}
+
+INLINE int32_t lut_row(const uint8_t* w, const int16_t* t, int chunks, const int bits) {
+  int32_t s = 0;
+  for (int q = 0; q < chunks; ++q, w += bits, t += 8 << bits) {
+    if (bits == 4) {
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t b = w[j];
+        s += t[(2 * j) * 16 + (b & 15)] + t[(2 * j + 1) * 16 + (b >> 4)];
+      }
+    } else if (bits == 2) {
+      for (int j = 0; j < 2; ++j) {
+        const uint32_t b = w[j];
+        s += t[(4 * j) * 4 + (b & 3)] + t[(4 * j + 1) * 4 + ((b >> 2) & 3)] +
+             t[(4 * j + 2) * 4 + ((b >> 4) & 3)] + t[(4 * j + 3) * 4 + (b >> 6)];
+      }
+    } else { /* 3 bits: 8 codes in 24 bits */
+      const uint32_t b = (uint32_t)w[0] | ((uint32_t)w[1] << 8) | ((uint32_t)w[2] << 16);
+      s += t[0 + (b & 7)] + t[8 + ((b >> 3) & 7)] + t[16 + ((b >> 6) & 7)] +
+           t[24 + ((b >> 9) & 7)] + t[32 + ((b >> 12) & 7)] + t[40 + ((b >> 15) & 7)] +
+           t[48 + ((b >> 18) & 7)] + t[56 + (b >> 21)];
+    }
+  }
+  return s;
+}
+
+/* Code of input k in a packed row (slow path: depthwise and per-channel codebooks). */
+static int code_at(const tflq_layer_t* l, const uint8_t* row, int k) {
+  const uint8_t* chunk = row + (k >> 3) * l->bits;
+  const int r = k & 7;
+  int code = 0;
+  if (l->format == TFLQ_FMT_PLANES) {
+    for (int j = 0; j < l->bits; ++j) code |= ((chunk[j] >> r) & 1) << j;
+  } else {
+    uint32_t word = 0;
+    for (int j = 0; j < l->bits; ++j) word |= (uint32_t)chunk[j] << (8 * j);
+    code = (int)((word >> (r * l->bits)) & ((1u << l->bits) - 1));
+  }
+  return code;
+}
+
+/* Weight k of output channel c as an integer (slow path). */
+static int32_t weight_at(const tflq_layer_t* l, int c, int k) {
+  if (l->format == TFLQ_FMT_INT8) /* depthwise int8: TFLite's (kh * kw, C) layout */
+    return ((const int8_t*)l->weights)[l->op == TFLQ_OP_DEPTHWISE
+                                           ? (size_t)k * l->out_channels + c
+                                           : (size_t)c * l->row_bytes + k];
+  const uint8_t* row = l->weights + (size_t)c * l->row_bytes;
+  const int book = l->per_channel_codebook ? c : 0;
+  const int code = code_at(l, row, k);
+  if (l->format == TFLQ_FMT_PLANES)
+    return l->affine[2 * book] + l->affine[2 * book + 1] * code;
+  return l->levels[(book << l->bits) + code];
+}
+
+static void slow_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
+  for (int c = 0; c < l->out_channels; ++c) {
+    int32_t s = 0;
+    for (int k = 0; k < l->depth; ++k) s += x[k] * weight_at(l, c, k);
+    out[c] = finish(l, c, s);
+  }
+}
+
+/* Shared-table engine: PLANES (any codebook flag) and LUT with one codebook. */
+INLINE void table_vector_bits(const tflq_layer_t* l, const int8_t* x, int8_t* out,
+                              void* scratch, const int bits) {
+  const int planes = l->format == TFLQ_FMT_PLANES;
+  const int block = block_inputs(l);
+  const int padded = (l->depth + 7) & ~7;
+  int16_t* tables = (int16_t*)scratch;
+  const size_t table_bytes = planes ? (size_t)block / 4 * 32 : (size_t)block * (2u << bits);
+  int32_t* acc = (int32_t*)((uint8_t*)scratch + table_bytes);
+  const int blocked = block < l->depth;
+  int32_t sum_x = 0;
+  if (planes)
+    for (int k = 0; k < l->depth; ++k) sum_x += x[k];
+  for (int k0 = 0; k0 < padded; k0 += block) {
+    const int count = padded - k0 < block ? padded - k0 : block;
+    if (planes)
+      planes_tables(x, k0, count, l->depth, tables);
+    else
+      lut_tables(x, k0, count, l->depth, l->levels, bits, tables);
+    const uint8_t* w = l->weights + (size_t)(k0 >> 3) * bits;
+    for (int c = 0; c < l->out_channels; ++c, w += l->row_bytes) {
+      const int32_t s = planes ? planes_row(w, tables, count >> 3, bits)
+                               : lut_row(w, tables, count >> 3, bits);
+      if (blocked) {
+        acc[c] = k0 == 0 ? s : acc[c] + s;
+      } else {
+        int32_t total = s;
+        if (planes) {
+          const int book = l->per_channel_codebook ? c : 0;
+          total = l->affine[2 * book] * sum_x + l->affine[2 * book + 1] * s;
+        }
+        out[c] = finish(l, c, total);
+      }
+    }
+  }
+  if (blocked) {
+    for (int c = 0; c < l->out_channels; ++c) {
+      int32_t total = acc[c];
+      if (planes) {
+        const int book = l->per_channel_codebook ? c : 0;
+        total = l->affine[2 * book] * sum_x + l->affine[2 * book + 1] * acc[c];
+      }
+      out[c] = finish(l, c, total);
+    }
+  }
+}
+
+static void vector_layer(const tflq_layer_t* l, const int8_t* x, int8_t* out, void* scratch) {
+  if (l->format == TFLQ_FMT_INT8) {
+    int8_vector(l, x, out);
+  } else if (!uses_shared_tables(l)) {
+    slow_vector(l, x, out);
+  } else {
+    switch (l->bits) { /* constant bit widths let the compiler unroll the planes */
+      case 1: table_vector_bits(l, x, out, scratch, 1); break;
+      case 2: table_vector_bits(l, x, out, scratch, 2); break;
+      case 3: table_vector_bits(l, x, out, scratch, 3); break;
+      default: table_vector_bits(l, x, out, scratch, 4); break;
+    }
+  }
+}
+
+static void conv(const tflq_layer_t* l, const int8_t* input, int batches, int8_t* output,
+                 void* scratch) {
+  const int padded = (l->depth + 7) & ~7;
+  int8_t* patch = (int8_t*)scratch;
+  void* rest = (uint8_t*)scratch + padded;
+  const int8_t zero_point = (int8_t)(-l->input_offset);
+  const int cin = l->in_c;
+  memset(patch, 0, (size_t)padded);
+  for (int b = 0; b < batches; ++b) {
+    const int8_t* in = input + (size_t)b * l->in_h * l->in_w * cin;
+    for (int oy = 0; oy < l->out_h; ++oy) {
+      for (int ox = 0; ox < l->out_w; ++ox) {
+        int8_t* dst = patch;
+        for (int ky = 0; ky < l->kh; ++ky) {
+          const int iy = oy * l->stride_h - l->pad_top + ky * l->dilation_h;
+          for (int kx = 0; kx < l->kw; ++kx, dst += cin) {
+            const int ix = ox * l->stride_w - l->pad_left + kx * l->dilation_w;
+            if (iy >= 0 && iy < l->in_h && ix >= 0 && ix < l->in_w)
+              memcpy(dst, in + ((size_t)iy * l->in_w + ix) * cin, (size_t)cin);
+            else
+              memset(dst, zero_point, (size_t)cin);
+          }
+        }
+        vector_layer(l, patch, output, rest);
+        output += l->out_channels;
+      }
+    }
+  }
+}
+
+static void depthwise(const tflq_layer_t* l, const int8_t* input, int batches,
+                      int8_t* output) {
+  const int taps = l->kh * l->kw, channels = l->out_channels, cin = l->in_c;
+  const int32_t zero_point = -l->input_offset;
+  for (int c = 0; c < channels; ++c) {
+    int8_t w[64]; /* one channel's taps, at most 64 (checked) */
+    for (int k = 0; k < taps; ++k) w[k] = (int8_t)weight_at(l, c, k);
+    const int ic = c / l->depth_multiplier;
+    for (int b = 0; b < batches; ++b) {
+      const int8_t* in = input + (size_t)b * l->in_h * l->in_w * cin + ic;
+      int8_t* out = output + (size_t)b * l->out_h * l->out_w * channels + c;
+      for (int oy = 0; oy < l->out_h; ++oy) {
+        for (int ox = 0; ox < l->out_w; ++ox, out += channels) {
+          int32_t s = 0;
+          for (int ky = 0; ky < l->kh; ++ky) {
+            const int iy = oy * l->stride_h - l->pad_top + ky * l->dilation_h;
+            for (int kx = 0; kx < l->kw; ++kx) {
+              const int ix = ox * l->stride_w - l->pad_left + kx * l->dilation_w;
+              const int32_t x = (iy >= 0 && iy < l->in_h && ix >= 0 && ix < l->in_w)
+                                    ? in[((size_t)iy * l->in_w + ix) * cin]
+                                    : zero_point;
+              s += x * w[ky * l->kw + kx];
+            }
+          }
+          *out = finish(l, c, s);
+        }
+      }
+    }
+  }
+}
+
+void tflq_layer_eval(const tflq_layer_t* l, const int8_t* input, int batches, int8_t* output,
+                     void* scratch) {
+  if (l->op == TFLQ_OP_CONV) {
+    conv(l, input, batches, output, scratch);
+  } else if (l->op == TFLQ_OP_DEPTHWISE) {
+    depthwise(l, input, batches, output);
+  } else {
+    for (int b = 0; b < batches; ++b)
+      vector_layer(l, input + (size_t)b * l->depth, output + (size_t)b * l->out_channels,
+                   scratch);
+  }
+}

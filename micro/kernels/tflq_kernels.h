@@ -1,0 +1,97 @@
+/*
+ * tflq's int8 and packed low-bit layer kernels for rv32imac: plain C, no TFLM types.
+ *
+ * One layer (FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D) is a tflq_layer_t. Its
+ * weights are read where they are stored (flash or RAM) and never expanded:
+ *
+ *   TFLQ_FMT_INT8    int8 in TFLite's filter layout: a row of `depth` bytes per
+ *                    output channel (DEPTHWISE_CONV_2D: (kh * kw, out_channels)).
+ *   TFLQ_FMT_PLANES  an affine codebook per channel, w = v0 + d * code, code of
+ *                    `bits` (1..4) bits stored as bit-planes: per 8 inputs, `bits`
+ *                    bytes; byte j holds bit j of the 8 codes (low nibble: inputs
+ *                    0..3, high nibble: 4..7; bit k of a nibble: input k). Each
+ *                    nibble indexes a 16-entry subset-sum table of 4 inputs shared
+ *                    by all output channels: no multiply per weight. Ternary (bits 2)
+ *                    and binary (bits 1) weights, fixed-point, min-max and DoReFa
+ *                    codebooks take this path.
+ *   TFLQ_FMT_LUT     any codebook of 2^bits (2..4) int8 levels: codes of `bits` bits,
+ *                    8 codes per `bits` bytes, LSB first. Each code indexes a table
+ *                    of input x level products built once per input block and shared
+ *                    by all output channels: no multiply per weight. Log /
+ *                    power-of-two codebooks take this path.
+ *
+ * Arithmetic is TFLM's reference int8 arithmetic, bit for bit: the accumulator
+ * sum((x + input_offset) * w) + bias is computed as sum(x * w) + bias_eff with
+ * bias_eff = bias + input_offset * sum(w) (padding taps read the input zero point,
+ * so they contribute nothing), then requantized with gemmlowp's double rounding
+ * (TFLM's MultiplyByQuantizedMultiplier), offset and clamped.
+ *
+ * The packed blob ("TQP1", converters/packing.py is the one writer) is
+ * little-endian, 4-byte aligned, and self-describing:
+ *   0  'T' 'Q' 'P' '1'
+ *   4  u8 op, u8 format, u8 bits, u8 flags (bit 0: one codebook per channel)
+ *   8  u16 out_channels, u16 depth (inputs per output channel)
+ *  12  u16 in_h, in_w, in_c, out_h, out_w, depth_multiplier
+ *  24  u8 kh, kw, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left
+ *  32  i32 input_offset, output_offset, act_min, act_max
+ *  48  u32 row_bytes, u32 total_bytes
+ *  56  i32 bias_eff[C], i32 multiplier[C], i32 shift[C]
+ *      codebook: PLANES i16 (v0, d)[n]; LUT i8 levels[2^bits * n]; n = C or 1;
+ *      zero-padded to 4 bytes
+ *      weights: C rows of row_bytes (INT8: depth; else bits * ceil(depth / 8))
+ */
+#ifndef TFLQ_KERNELS_H_
+#define TFLQ_KERNELS_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { TFLQ_OP_FC = 1, TFLQ_OP_CONV = 2, TFLQ_OP_DEPTHWISE = 3 };
+enum { TFLQ_FMT_INT8 = 0, TFLQ_FMT_PLANES = 1, TFLQ_FMT_LUT = 2 };
+enum { TFLQ_HEADER_BYTES = 56 };
+
+typedef struct {
+  int op, format, bits, per_channel_codebook;
+  int out_channels, depth;
+  int in_h, in_w, in_c, out_h, out_w, depth_multiplier;  /* FC: 1, 1, depth, 1, 1, 1 */
+  int kh, kw, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
+  int32_t input_offset, output_offset, act_min, act_max;
+  int row_bytes;
+  const int32_t* bias;        /* bias_eff per channel (see above) */
+  const int32_t* multiplier;  /* per channel */
+  const int32_t* shift;       /* per channel, TFLM's convention (> 0: left) */
+  const int16_t* affine;      /* PLANES: (v0, d) per channel or one pair */
+  const int8_t* levels;       /* LUT: 2^bits levels per channel or one set */
+  const uint8_t* weights;     /* out_channels rows of row_bytes */
+} tflq_layer_t;
+
+/* Parses and checks a packed blob of `length` bytes into *layer (pointing into the
+ * blob). Returns 0, or -1 with a message in err (never reads past the blob). */
+int tflq_layer_parse(const uint8_t* blob, size_t length, tflq_layer_t* layer, char* err,
+                     size_t err_size);
+
+/* Checks a layer's fields for consistency (parse calls it; the TFLM int8 kernels
+ * fill a layer from tensors and call it too). Returns 0 or -1 with err. */
+int tflq_layer_check(const tflq_layer_t* layer, char* err, size_t err_size);
+
+/* Bytes of scratch RAM tflq_layer_eval needs (tables, accumulators, patch). */
+size_t tflq_scratch_bytes(const tflq_layer_t* layer);
+
+/* Runs the layer on `batches` inputs of in_h * in_w * in_c int8 values (NHWC) into
+ * out_h * out_w * out_channels int8 values each. scratch: tflq_scratch_bytes bytes,
+ * 4-byte aligned. */
+void tflq_layer_eval(const tflq_layer_t* layer, const int8_t* input, int batches,
+                     int8_t* output, void* scratch);
+
+/* TFLM's MultiplyByQuantizedMultiplier (gemmlowp double rounding). */
+int32_t tflq_requantize(int32_t acc, int32_t multiplier, int32_t shift);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  /* TFLQ_KERNELS_H_ */

@@ -1,0 +1,218 @@
+"""micro/kernels against TFLM's reference int8 arithmetic (numpy), on the host and on rv32imac.
+
+Every format and bit width, FC / CONV_2D / DEPTHWISE_CONV_2D, random shapes, strides,
+dilations, paddings and zero points; the packing format round-trips; corrupt blobs are
+refused with a message.
+"""
+import struct
+
+import numpy as np
+import pytest
+
+from converters import kernels, packing, toolchain
+from converters.requantize import double_rounding
+from tflq.errors import TflqError
+
+# Codebooks in int8 units, as tflq's quantizers export them.
+CODEBOOKS = {
+    "binary": [-3, 3],
+    "ternary": [-5, 0, 5],
+    "log3": [-4, -2, -1, 0, 1, 2, 4],
+    "log4": [-64, -16, -4, -1, 0, 1, 4, 16, 64],
+    "fixed4": list(range(-7, 8)),
+    "uniform3": [-12, -8, -4, 0, 4, 8, 12, 16],
+    "odd2": [-5, 0, 7],
+    "random16": None,  # 16 random levels: a 4-bit codebook
+    "int8": None,  # full int8: stays int8 rows
+}
+EXPECTED = {"binary": "1-bit bit-planes", "ternary": "2-bit bit-planes",
+            "log3": "3-bit codebook", "log4": "4-bit codebook", "fixed4": "4-bit bit-planes",
+            "uniform3": "3-bit bit-planes", "odd2": "2-bit codebook",
+            "random16": "4-bit codebook"}
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    return kernels.HostKernels(tmp_path_factory.mktemp("kernels"))
+
+
+def random_layer(rng, op, codebook, per_channel_scale=True):
+    zp_in, zp_out = (int(v) for v in rng.integers(-128, 128, 2))
+    act = [(-128, 127), (max(-128, zp_out), 127), (zp_out - 20, zp_out + 40)][rng.integers(3)]
+    act = (max(-128, act[0]), min(127, act[1]))
+    if op == packing.OP_FC:
+        depth, channels = int(rng.integers(1, 300)), int(rng.integers(1, 40))
+        geometry, kernel = dict(in_hwc=(1, 1, depth)), None
+    else:
+        ih, iw = (int(v) for v in rng.integers(1, 12, 2))
+        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+        stride = tuple(int(v) for v in rng.integers(1, 3, 2))
+        dil = tuple(int(v) for v in rng.integers(1, 3, 2))
+        same = bool(rng.integers(2))
+        eff = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)
+        if not same and (eff[0] > ih or eff[1] > iw):
+            same = True
+        if same:
+            oh, ow = -(-ih // stride[0]), -(-iw // stride[1])
+            pad = (packing._same_padding(ih, oh, stride[0], kh, dil[0]),
+                   packing._same_padding(iw, ow, stride[1], kw, dil[1]))
+        else:
+            oh, ow = (ih - eff[0]) // stride[0] + 1, (iw - eff[1]) // stride[1] + 1
+            pad = (0, 0)
+        if op == packing.OP_CONV:
+            ic, mult = int(rng.integers(1, 10)), 1
+            channels = int(rng.integers(1, 24))
+            depth = kh * kw * ic
+        else:
+            ic, mult = int(rng.integers(1, 8)), int(rng.integers(1, 3))
+            channels, depth = ic * mult, kh * kw
+        geometry = dict(in_hwc=(ih, iw, ic), out_hw=(oh, ow), kernel=(kh, kw), stride=stride,
+                        dilation=dil, pad=pad, depth_multiplier=mult)
+        kernel = (kh, kw)
+    del kernel
+    if codebook is None:
+        weights = rng.integers(-127, 128, (channels, depth))
+    else:
+        weights = rng.choice(np.asarray(codebook), (channels, depth))
+    scales = rng.uniform(0.001, 0.05, channels if per_channel_scale else 1)
+    name = packing.OP_NAMES[op]
+    mult_, shift = packing.requant_params(name, rng.uniform(0.005, 0.05), scales,
+                                          rng.uniform(0.02, 0.3), channels)
+    bias = rng.integers(-20000, 20000, channels).astype(np.int32)
+    return packing.Layer(op, weights.astype(np.int8), bias, mult_, shift, -zp_in, zp_out,
+                         act[0], act[1], **geometry)
+
+
+def input_for(rng, layer, batches):
+    ih, iw, ic = layer.in_hwc
+    return rng.integers(-128, 128, (batches, ih * iw * ic)).astype(np.int8)
+
+
+def out_size(layer):
+    return layer.out_hw[0] * layer.out_hw[1] * layer.out_channels
+
+
+def codebook_of(rng, name):
+    if name == "random16":
+        return rng.choice(np.arange(-127, 128), 16, replace=False)
+    return CODEBOOKS[name]
+
+
+@pytest.mark.parametrize("op", [packing.OP_FC, packing.OP_CONV, packing.OP_DEPTHWISE],
+                         ids=["fc", "conv", "depthwise"])
+@pytest.mark.parametrize("name", list(CODEBOOKS))
+def test_c_kernels_equal_tflm_reference_arithmetic(host, op, name):
+    rng = np.random.default_rng(abs(hash((op, name))) % 2 ** 32)
+    for trial in range(12):
+        layer = random_layer(rng, op, codebook_of(rng, name), per_channel_scale=trial % 2 == 0)
+        enc = None if name == "int8" else packing.choose_encoding(layer.weights)
+        if name != "int8":
+            assert not isinstance(enc, str), enc
+        blob = packing.pack(layer, enc)
+        x = input_for(rng, layer, batches=int(rng.integers(1, 3)))
+        np.testing.assert_array_equal(host.eval(blob, x, out_size(layer)),
+                                      packing.reference(layer, x),
+                                      err_msg=f"{name} trial {trial}: {layer}")
+
+
+@pytest.mark.parametrize("name", [n for n in EXPECTED])
+def test_encoding_is_the_fewest_bits_and_round_trips(name):
+    rng = np.random.default_rng(7)
+    # Every level present, as after QAT on a layer of useful size.
+    book = np.asarray(codebook_of(rng, name))
+    weights = np.concatenate([np.tile(book, (16, 1)), rng.choice(book, (16, 40))], 1)
+    enc = packing.choose_encoding(weights)
+    assert enc.describe() == EXPECTED[name]
+    layer = packing.Layer(packing.OP_FC, weights.astype(np.int8), np.arange(16, dtype=np.int32),
+                          np.full(16, 1 << 30, np.int32), np.full(16, -3, np.int32), 5, -3,
+                          in_hwc=(1, 1, weights.shape[1]))
+    blob = packing.pack(layer, enc)
+    back, enc_back = packing.unpack(blob)
+    np.testing.assert_array_equal(back.weights, layer.weights)
+    np.testing.assert_array_equal(back.bias, layer.bias)
+    assert enc_back.describe() == enc.describe()
+    # b bits per weight: rows of bits * ceil(depth / 8) bytes.
+    weight_bytes = 16 * enc.bits * -(-weights.shape[1] // 8)
+    assert len(blob) == packing.HEADER.size + 12 * 16 + (-(-enc.codebook.nbytes // 4) * 4) + weight_bytes
+
+
+def test_too_many_levels_stay_int8():
+    rng = np.random.default_rng(3)
+    reason = packing.choose_encoding(rng.integers(-127, 128, (4, 200)))
+    assert isinstance(reason, str) and "distinct int8 weight values" in reason
+
+
+def test_requantize_is_tflm_double_rounding(host):
+    rng = np.random.default_rng(11)
+    accs = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 2000), [0, 1, -1, 2 ** 31 - 1]])
+    for q, shift in [(1 << 30, -1), (1518500250, -7), (2 ** 31 - 1, -31), (1 << 30, 0),
+                     (1395864371, 3), (1288490189, -12)]:
+        small = accs >> max(shift, 0)  # left shifts must not overflow (as in TFLM)
+        want = double_rounding(small, q, shift)
+        got = [host.requantize(int(a), q, shift) for a in small]
+        np.testing.assert_array_equal(got, want, err_msg=f"q={q} shift={shift}")
+
+
+def _blob(rng, name="ternary", op=packing.OP_CONV):
+    layer = random_layer(rng, op, CODEBOOKS[name])
+    return packing.pack(layer, packing.choose_encoding(layer.weights))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda b: b[:-1], "header says"),
+    (lambda b: b + b"\0\0\0\0", "header says"),
+    (lambda b: b[:40], "less than the 56-byte header"),
+    (lambda b: b"XQP1" + b[4:], "bad magic"),
+    (lambda b: b[:6] + bytes([7]) + b[7:], "bits"),  # bit width 7
+    (lambda b: b[:5] + bytes([9]) + b[6:], "unknown weight format"),
+    (lambda b: b[:7] + bytes([1]) + b[8:], "codebook need"),  # per-channel flag: sizes differ
+    (lambda b: b[:48] + struct.pack("<I", 3) + b[52:], "bytes per weight row"),
+    (lambda b: b[:4] + bytes([9]) + b[5:], "unknown op"),
+])
+def test_corrupt_blobs_are_refused_with_a_message(host, corrupt, message):
+    blob = _blob(np.random.default_rng(5))
+    host.parse(blob)
+    bad = corrupt(blob)
+    if len(bad) >= 56 and bad[:4] == b"TQP1":
+        bad = bad[:52] + struct.pack("<I", len(bad)) + bad[56:] if message != "header says" else bad
+    with pytest.raises(TflqError, match=message):
+        host.parse(bad)
+
+
+def test_rv32imac_in_qemu_equals_the_reference(tmp_path):
+    try:
+        toolchain.find_toolchain()
+        toolchain.find_qemu()
+    except Exception as e:  # noqa: BLE001 -- the message names the package
+        pytest.skip(str(e))
+    rng = np.random.default_rng(21)
+    cases = []
+    for op in (packing.OP_FC, packing.OP_CONV, packing.OP_DEPTHWISE):
+        for name in ("binary", "ternary", "log3", "fixed4", "uniform3", "odd2", "int8"):
+            layer = random_layer(rng, op, CODEBOOKS[name])
+            enc = None if name == "int8" else packing.choose_encoding(layer.weights)
+            cases.append((layer, packing.pack(layer, enc), input_for(rng, layer, 2)))
+    source = ['#include <stdio.h>\n#include "tflq_kernels.h"\n']
+    calls = []
+    for i, (layer, blob, x) in enumerate(cases):
+        source.append(kernels.c_array(f"blob{i}", "uint8_t", np.frombuffer(blob, np.uint8)))
+        source.append(kernels.c_array(f"x{i}", "int8_t", x))
+        calls.append(f"  run({i}, blob{i}, sizeof(blob{i}), x{i}, 2, {out_size(layer)});\n")
+    source.append(
+        "static int8_t out[4096]; static int32_t scratch[1024];\n"
+        "static void run(int id, const uint8_t* blob, unsigned len, const int8_t* x, int n, int size) {\n"
+        "  tflq_layer_t l; char err[128];\n"
+        "  if (tflq_layer_parse(blob, len, &l, err, sizeof err)) { printf(\"ERR %d %s\\n\", id, err); return; }\n"
+        "  if (tflq_scratch_bytes(&l) > sizeof scratch) { printf(\"ERR %d scratch\\n\", id); return; }\n"
+        "  tflq_layer_eval(&l, x, n, out, scratch);\n"
+        "  printf(\"Y %d\", id); for (int i = 0; i < n * size; ++i) printf(\" %d\", out[i]); printf(\"\\n\");\n"
+        "}\nint main(void) {\n" + "".join(calls) + "  return 0;\n}\n")
+    elf = kernels.rv32_program("".join(source), tmp_path)
+    result = toolchain.run_qemu(elf, timeout_s=120)
+    assert result.exit_code == 0, result.uart_text[-800:]
+    lines = {int(l.split()[1]): l.split()[2:] for l in result.uart_text.splitlines()
+             if l.startswith("Y ")}
+    assert "ERR" not in result.uart_text, result.uart_text
+    for i, (layer, _, x) in enumerate(cases):
+        want = packing.reference(layer, x).ravel()
+        np.testing.assert_array_equal(np.array(lines[i], int), want, err_msg=f"case {i}")
