@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from absl import logging
+
+from converters import firmware_kernels, packing, tflm, toolchain
 from converters import flatbuffer as fb
-from converters import tflm, toolchain
 from tflq.errors import TflqError
 
 RAM_BYTES = 16 * 1024
@@ -62,16 +64,18 @@ class MemoryBudget:
     stack: int  # reserved by the linker script
     static: int  # .data + .bss besides the arena (an upper bound)
     host_arena: int  # the 64-bit host interpreter's figure the bound came from
+    model: int = 0  # the flatbuffer in .data (model_in_ram), rounded up to 16; 0 in flash
 
     @property
     def total(self) -> int:
-        return self.arena + self.stack + self.static
+        return self.arena + self.stack + self.static + self.model
 
     def describe(self) -> str:
         k = lambda n: f"{n / 1024:.1f} KiB"  # noqa: E731
         relation = ">" if self.total > RAM_BYTES else "<="
-        return (f"arena {k(self.arena)} + stack {k(self.stack)} + static {k(self.static)} = "
-                f"{k(self.total)} {relation} {RAM_BYTES // 1024} KiB RAM (FE310)")
+        model = f" + model in RAM {k(self.model)} ({self.model} B)" if self.model else ""
+        return (f"arena {k(self.arena)} + stack {k(self.stack)} + static {k(self.static)}"
+                f"{model} = {k(self.total)} {relation} {RAM_BYTES // 1024} KiB RAM (FE310)")
 
 
 def model_ops(flatbuffer: bytes) -> list[str]:
@@ -114,22 +118,72 @@ def stack_reservation(num_ops: int) -> int:
     return max(2048, -(-need // 256) * 256)
 
 
-def memory_budget(flatbuffer: bytes) -> MemoryBudget:
+# Per op running tflq's rv32 int8 kernel, beyond the reference kernel's arena use: the
+# OpData's extra pointer (rounded up).
+RV32_OPDATA_BYTES = 16
+
+
+def memory_budget(flatbuffer: bytes, firmware_flatbuffer: bytes | None = None,
+                  plan: "firmware_kernels.KernelPlan | None" = None) -> MemoryBudget:
+    """RAM of the firmware running ``firmware_flatbuffer`` (default: ``flatbuffer``).
+
+    The arena bound comes from TFLM's host interpreter on the int8 ``flatbuffer``
+    (it cannot load TFLQ_PACKED ops), plus what tflq's kernels add on top: the packed
+    ops' scratch (tables, accumulators, patches), and for each rv32 int8 op its
+    bias + offset array and CONV_2D patch. Packed ops allocate none of the reference
+    kernels' per-channel arrays, so this stays an upper bound.
+    """
+    firmware_flatbuffer = flatbuffer if firmware_flatbuffer is None else firmware_flatbuffer
     host = arena_upper_bound(flatbuffer)
-    return MemoryBudget(arena=host, stack=stack_reservation(len(model_ops(flatbuffer))),
-                        static=STATIC_BYTES, host_arena=host)
+    extra = 0
+    if plan is not None:
+        if plan.packed:
+            extra += packing.model_scratch_bytes(firmware_flatbuffer)
+        model = fb.load(bytes(firmware_flatbuffer))
+        for op in model.subgraphs[0].operators:
+            name = fb.op_name(model, op)
+            if name in plan.rv32_int8:
+                layer = packing.layer_of_op(model, op)
+                if isinstance(layer, packing.Layer):
+                    extra += (4 * layer.out_channels + RV32_OPDATA_BYTES
+                              + packing.scratch_bytes(layer, None))
+    arena = -(-(host + extra) // 16) * 16
+    stack = stack_reservation(plan.num_registrations if plan is not None
+                              else len(model_ops(firmware_flatbuffer)))
+    return MemoryBudget(arena=arena, stack=stack, static=STATIC_BYTES, host_arena=host)
 
 
 def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
                      board: str = "hifive1-revb", test_inputs=None,
-                     overwrite: bool = False, model_name: str | None = None) -> Path:
+                     overwrite: bool = False, model_name: str | None = None,
+                     pack: bool | None = None, kernels: str = "tflq",
+                     model_in_ram: bool = False, eval_images=None, eval_labels=None,
+                     feature: str | None = None) -> Path:
     """Writes a TFLM firmware project for ``flatbuffer`` into ``out_dir``; returns its path.
+
+    ``pack``: rewrite FC / CONV_2D / DEPTHWISE_CONV_2D layers whose weights take <= 4
+    bits into TFLQ_PACKED ops (``converters.packing``); None (default) packs when at
+    least one layer is eligible, False never. ``kernels``: "tflq" runs the remaining
+    int8 FC / CONV_2D / DEPTHWISE_CONV_2D on tflq's rv32 kernels, "reference" on TFLM's.
+    Which layers were packed, and why the others were not, is logged and written
+    into the project's README.
 
     ``test_inputs``: int8 array (count, *input_shape) or (count, input_size) embedded for
     the self-test; None embeds one input of zero points. ``model_name`` (for comments and
     messages) defaults to the folder's name. Raises TflqError, writing
     nothing, if the model does not fit 16 KiB of RAM or ``out_dir`` exists and
     ``overwrite`` is False.
+
+    ``model_in_ram``: place the flatbuffer in .data (crt0 copies it from flash at boot)
+    instead of flash; its bytes then count against the 16 KiB RAM budget.
+
+    Accuracy firmware (``eval_images`` given; see ``_eval_variant``): main.cc comes from
+    templates/main_eval.cc and test_data.{h,cc} hold ``eval_images`` and ``eval_labels``
+    in flash. With ``feature="projection_profiles"`` the images are raw uint8
+    (count, H, W) and the firmware computes the model's int8 input with
+    micro/features/projection_profiles.c (bins = input size / 4); with ``feature=None``
+    they are the model's int8 inputs. It prints ``PRED k label argmax`` per image,
+    ``ACCURACY correct/total`` and STATS; ``test_inputs`` is then unused.
     """
     out_dir = Path(out_dir)
     if target != "fe310":
@@ -140,20 +194,160 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
         raise TflqError(f"{out_dir} already exists: pass overwrite=True to replace it")
     flatbuffer = bytes(flatbuffer)
     io = _io_tensors(flatbuffer, model_name or out_dir.name)
-    kernels = tflm.kernels_for(model_ops(flatbuffer))
+    int8_flatbuffer, packed_ops = flatbuffer, []
+    if pack is not False:
+        candidate, packed_ops = packing.pack_model(flatbuffer)
+        if any(p.encoding for p in packed_ops):
+            flatbuffer = candidate
+    plan = firmware_kernels.plan(flatbuffer, kernels)
+    for line in packing_lines(packed_ops):
+        logging.info("%s: %s", io.name, line)
+    variant = None
+    if eval_images is not None:
+        variant = _eval_variant(int8_flatbuffer, io, eval_images, eval_labels, feature)
+        plan = dataclasses.replace(plan, project_files={**plan.project_files,
+                                                        **variant.kernel_files})
+        test_inputs = None
+    elif feature is not None or eval_labels is not None:
+        raise TflqError("feature and eval_labels need eval_images (the accuracy firmware)")
     inputs = _test_inputs(test_inputs, io)
-    if len(flatbuffer) > FLASH_MODEL_LIMIT:
-        raise TflqError(f"model is {len(flatbuffer)} bytes: more than the "
-                        f"{FLASH_MODEL_LIMIT} bytes of HiFive1 flash left for it")
-    budget = memory_budget(flatbuffer)
+    flash_data = len(flatbuffer) + (variant.flash_bytes if variant else 0)
+    if flash_data > FLASH_MODEL_LIMIT:
+        raise TflqError(f"model is {len(flatbuffer)} bytes"
+                        + (f" and the eval data {variant.flash_bytes}" if variant else "")
+                        + f": more than the {FLASH_MODEL_LIMIT} bytes of HiFive1 flash "
+                        + ("left for them" if variant else "left for it"))
+    budget = memory_budget(int8_flatbuffer, flatbuffer, plan)
+    budget = _placement_budget(budget, len(flatbuffer), model_in_ram,
+                               variant.static_bytes if variant else 0)
+    if budget.total > RAM_BYTES and model_in_ram:
+        raise TflqError(_model_in_ram_error(io.name, budget, len(flatbuffer)))
     if budget.total > RAM_BYTES:
         raise TflqError(f"model {io.name!r} does not fit the FE310: {budget.describe()}. "
                         "The arena is an upper bound of the 32-bit arena (host "
                         f"interpreter: {budget.host_arena} B); shrink the largest "
                         "activations (fewer channels, smaller input, earlier pooling).")
-    files = _render_files(flatbuffer, io, kernels, inputs, budget, board)
+    files = _render_files(flatbuffer, io, plan, inputs, budget, board, packed_ops,
+                          variant=variant, model_in_ram=model_in_ram)
     _write_atomically(out_dir, files, overwrite)
     return out_dir
+
+
+def _placement_budget(budget: MemoryBudget, model_bytes: int, model_in_ram: bool,
+                      extra_static: int = 0) -> MemoryBudget:
+    """``budget`` with the model's bytes in RAM (model_in_ram) and extra static data."""
+    return dataclasses.replace(budget, static=budget.static + extra_static,
+                               model=-(-model_bytes // 16) * 16 if model_in_ram else 0)
+
+
+def _model_in_ram_error(name: str, budget: MemoryBudget, model_bytes: int) -> str:
+    in_flash = budget.total - budget.model
+    return (f"model {name!r} does not fit the FE310 with the model in RAM: {budget.describe()}. "
+            f"With model_in_ram=True the flatbuffer's {model_bytes} B are copied into RAM "
+            f"(.data) and count against the {RAM_BYTES} B; the rest of the firmware "
+            f"needs {in_flash} B, "
+            + (f"which leaves {RAM_BYTES - in_flash} B for the model. Keep the model in "
+               "flash (model_in_ram=False) or shrink it." if in_flash <= RAM_BYTES
+               else "more than the RAM even with the model in flash."))
+
+
+# The accuracy firmware: templates/main_eval.cc, with the images in test_data.{h,cc}.
+FEATURES = ("projection_profiles",)
+_FEATURE_DIR = Path(__file__).resolve().parent.parent / "micro" / "features"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+    templates: dict  # project file -> template it is rendered from instead
+    values: dict  # extra template values
+    files: dict  # project files written instead of the rendered ones
+    kernel_files: dict  # extra C sources under tflq_kernels/ (Makefile and Bazel build them)
+    flash_bytes: int  # const data in flash besides the model
+    static_bytes: int  # .bss the variant adds
+
+
+def _eval_variant(flatbuffer: bytes, io: _IO, eval_images, eval_labels,
+                  feature: str | None) -> _Variant:
+    """main_eval.cc + the images, labels and feature parameters in test_data.{h,cc}."""
+    from converters import features as host_features
+    from converters.tflite import io_quantization
+
+    if feature is not None and feature not in FEATURES:
+        raise TflqError(f"unknown feature {feature!r}: choose one of {', '.join(FEATURES)} "
+                        "or None (eval_images are the model's int8 inputs)")
+    images = np.asarray(eval_images)
+    labels = np.asarray(eval_labels) if eval_labels is not None else None
+    input_size = int(np.prod(io.input_shape[1:] if io.input_shape[:1] == (1,) else io.input_shape))
+    if labels is None or labels.ndim != 1 or len(labels) != len(images) or len(images) == 0:
+        raise TflqError(f"eval_labels must be one integer label per eval image: got "
+                        f"{None if labels is None else labels.shape} for {images.shape} images")
+    if labels.min() < 0 or labels.max() > 255:
+        raise TflqError("eval_labels must be in 0..255")
+    kernel_files, static_bytes, lines = {}, 0, []
+    if feature == "projection_profiles":
+        if images.dtype != np.uint8 or images.ndim != 3:
+            raise TflqError(f"eval_images are {images.dtype} {images.shape}: projection_profiles "
+                            "takes raw uint8 images (count, height, width)")
+        height, width = images.shape[1:]
+        bins = input_size // 4
+        if 4 * bins != input_size or bins > min(height, width):
+            raise TflqError(f"model input has {input_size} values: projection_profiles gives "
+                            f"4 * bins, bins <= {min(height, width)} for {height}x{width} images")
+        in_q, _ = io_quantization(flatbuffer)
+        params = host_features.profile_multipliers(height, width, bins, float(in_q.scale))
+        pixel_bytes = height * width
+        lines += ["#define TFLQ_EVAL_PROFILES 1",
+                  f"constexpr int kImageHeight = {height};",
+                  f"constexpr int kImageWidth = {width};",
+                  f"constexpr int kProfileBins = {bins};",
+                  f"constexpr int32_t kFeatureZeroPoint = {int(in_q.zero_point)};",
+                  "extern const int32_t g_feature_multiplier[4 * kProfileBins];",
+                  "extern const int32_t g_feature_shift[4 * kProfileBins];"]
+        arrays = (f"const int32_t g_feature_multiplier[4 * kProfileBins] = {{"
+                  f"{', '.join(str(int(m)) for m, _ in params)}}};\n"
+                  f"const int32_t g_feature_shift[4 * kProfileBins] = {{"
+                  f"{', '.join(str(int(s)) for _, s in params)}}};\n")
+        for name in ("projection_profiles.c", "projection_profiles.h"):
+            kernel_files[f"tflq_kernels/{name}"] = (_FEATURE_DIR / name).read_bytes()
+        static_bytes = 4 * 4 * bins  # the int32 sums scratch (static in main_eval.cc)
+        element = "uint8_t"
+    else:
+        if images.dtype != np.int8 or images[0].size != input_size:
+            raise TflqError(f"eval_images are {images.dtype} {images.shape}: without a feature "
+                            f"they are the model's int8 inputs ({input_size} values each)")
+        pixel_bytes, arrays, element = input_size, "", "int8_t"
+    rows = images.reshape(len(images), -1)
+    header = "\n".join([
+        "// Generated by tflq: images and labels for the accuracy firmware (main.cc).",
+        "#ifndef TFLQ_TEST_DATA_H_", "#define TFLQ_TEST_DATA_H_", "",
+        "#include <stddef.h>", "#include <stdint.h>", "",
+        f"constexpr int kNumEvalImages = {len(rows)};",
+        f"constexpr size_t kEvalImageBytes = {pixel_bytes};",
+        *lines,
+        f"extern const {element} g_eval_images[kNumEvalImages][kEvalImageBytes];",
+        "extern const uint8_t g_eval_labels[kNumEvalImages];", "",
+        "#endif  // TFLQ_TEST_DATA_H_", ""])
+    body = "\n".join([
+        f"// Generated by tflq: {len(rows)} eval image(s) ({feature or 'model inputs'}) and "
+        "labels, in flash.",
+        '#include "test_data.h"', "",
+        arrays + f"const {element} g_eval_images[kNumEvalImages][kEvalImageBytes] = {{",
+        ",\n".join("{" + ",".join(map(str, r.tolist())) + "}" for r in rows),
+        "};",
+        "const uint8_t g_eval_labels[kNumEvalImages] = {",
+        ",".join(str(int(v)) for v in labels),
+        "};", ""])
+    note = (f" Not in this build: it is an **accuracy firmware** (`main.cc` from "
+            f"templates/main_eval.cc) over {len(rows)} eval images in flash (`test_data.cc`, "
+            f"feature: {feature or 'none, the images are the int8 inputs'}); it prints "
+            "`PRED <k> <label> <argmax>` per image, `ACCURACY <correct>/<total>`"
+            + (", `FEATURES instructions_per_image=<n>`" if feature else "") + " and `STATS`.")
+    return _Variant(templates={"main.cc": "main_eval.cc"},
+                    values={"eval_feature": feature or "none", "eval_note": note},
+                    files={"test_data.h": header, "test_data.cc": body},
+                    kernel_files=kernel_files,
+                    flash_bytes=rows.size + len(rows) + 2 * static_bytes,
+                    static_bytes=static_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,13 +389,27 @@ def _test_inputs(test_inputs, io: _IO) -> np.ndarray:
     return arr.reshape(arr.shape[0], size)
 
 
-def _render_files(flatbuffer, io, kernels, inputs, budget, board) -> dict[str, str | bytes]:
+def packing_lines(packed_ops) -> list[str]:
+    """One line per FC / CONV_2D / DEPTHWISE_CONV_2D: packed how, or why it stays int8."""
+    return [f"{p.op} {p.output!r}: " + (
+        f"packed as {p.encoding}, {p.int8_bytes} -> {p.packed_bytes} bytes" if p.encoding
+        else f"stays int8 ({p.reason})") for p in packed_ops]
+
+
+def _render_files(flatbuffer, io, plan, inputs, budget, board,
+                  packed_ops=(), variant: _Variant | None = None,
+                  model_in_ram: bool = False) -> dict[str, str | bytes]:
+    lines = packing_lines(packed_ops)
     values = {
         "model_name": io.name,
         "board": board,
-        "num_ops": str(len(kernels)),
-        "resolver_calls": "\n".join(f"  TF_LITE_ENSURE_STATUS(op_resolver.{k.resolver_call}());"
-                                    for k in kernels.values()),
+        "num_ops": str(plan.num_registrations),
+        "resolver_calls": "\n".join(f"  TF_LITE_ENSURE_STATUS({call});"
+                                    for call in plan.resolver_calls),
+        "kernel_includes": "\n".join(plan.includes),
+        "kernels_note": plan.note,
+        "packing_report": "\n".join(f"- {line}" for line in lines) or "- no FC / conv layers",
+        "tflq_kernel_sources": _make_list(plan.project_sources),
         "arena_comment": (f"An upper bound of the 32-bit arena: the 64-bit host interpreter "
                           f"used {budget.host_arena} B. The\n// actual use is printed as "
                           "STATS arena_bytes."),
@@ -220,24 +428,42 @@ def _render_files(flatbuffer, io, kernels, inputs, budget, board) -> dict[str, s
         "framework_opt": tflm.FRAMEWORK_OPT,
         "kernel_opt": tflm.KERNEL_OPT,
         "framework_sources": _make_list(tflm.FRAMEWORK_SOURCES),
-        "kernel_sources": _make_list(tflm.kernel_sources(kernels)),
+        "kernel_sources": _make_list(plan.tflm_sources),
         "deps_pins": (f"flatbuffers-{tflm.FLATBUFFERS_VERSION} gemmlowp-{tflm.GEMMLOWP_COMMIT} "
                       f"ruy-{tflm.RUY_COMMIT}"),
-        "ops_list": ", ".join(kernels),
+        "ops_list": ", ".join([*plan.builtin_ops, *([packing.CUSTOM_CODE] if plan.packed else [])]),
         "arena_kib": f"{budget.arena / 1024:.1f}",
         "budget": budget.describe(),
+        **_placement_values(model_in_ram),
+        **(variant.values if variant else {}),
     }
     files: dict[str, str | bytes] = {}
     for template in ("main.cc", "model_data.h", "model_data.cc", "test_data.h",
                      "test_data.cc", "Makefile", "README.md"):
-        files[template] = _fill((_TEMPLATES / template).read_text(), values, template)
+        source = variant.templates.get(template, template) if variant else template
+        files[template] = _fill((_TEMPLATES / source).read_text(), values, source)
+    if variant:
+        files.update(variant.files)
     for name in _PLATFORM_FILES:
         path = _PLATFORM / name
         if not path.is_file():
             raise TflqError(f"FE310 platform file {path} is missing: the project needs it")
         files[f"fe310/{name}"] = path.read_bytes()
-    files.update(_bazel_files(values, kernels))
+    files.update(plan.project_files)
+    files.update(_bazel_files(values, plan))
     return files
+
+
+def _placement_values(model_in_ram: bool) -> dict:
+    """Template values placing the model: flash (const, .rodata) or RAM (.data)."""
+    if not model_in_ram:
+        return {"model_placement": "in flash", "model_placement_title": "In flash",
+                "model_section": "", "eval_note": ""}
+    # A section named .data.*: the linker script puts it in .data, which crt0 copies
+    # from flash to RAM at boot; the array stays const to TFLM.
+    where = "RAM (.data, copied from flash at boot by crt0)"
+    return {"model_placement": f"in {where}", "model_placement_title": f"In {where}",
+            "model_section": ' __attribute__((section(".data.tflq_model")))', "eval_note": ""}
 
 
 # The project as a Bazel workspace: template -> path in the project, and tflq's own
@@ -249,7 +475,7 @@ _BAZEL_COPIES = {_PLATFORM.parent / "toolchain": "bazel/toolchain",
                  _PLATFORM.parent.parent / "tools/bazel/rules_cc_shim": "bazel/rules_cc_shim"}
 
 
-def _bazel_files(values: dict, kernels) -> dict[str, str | bytes]:
+def _bazel_files(values: dict, plan) -> dict[str, str | bytes]:
     """WORKSPACE, BUILD files and bazel/ for `bazel build --config=fe310 //:firmware`.
 
     The BUILD compiles the Makefile's sources with its flags; bazel/tflm.bzl provides
@@ -259,7 +485,11 @@ def _bazel_files(values: dict, kernels) -> dict[str, str | bytes]:
         values,
         tflm_copts=_bzl_list(tflm.CXX_FLAGS),
         bazel_framework_sources=_bzl_list(tflm.FRAMEWORK_SOURCES, brackets=False),
-        bazel_kernel_sources=_bzl_list(tflm.kernel_sources(kernels), brackets=False),
+        bazel_kernel_sources=_bzl_list(plan.tflm_sources, brackets=False),
+        bazel_tflq_c_sources=_bzl_list([p for p in plan.project_sources if p.endswith(".c")],
+                                       brackets=False),
+        bazel_tflq_cc_sources=_bzl_list([p for p in plan.project_sources if p.endswith(".cc")],
+                                        brackets=False),
         tflm_commit=tflm.TFLM_COMMIT,
         flatbuffers_version=tflm.FLATBUFFERS_VERSION,
         gemmlowp_commit=tflm.GEMMLOWP_COMMIT,

@@ -380,8 +380,10 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
     """Rewrites eligible operators to TFLQ_PACKED; returns (flatbuffer, one PackedOp each).
 
     An operator is eligible when it is an int8 FC / CONV_2D / DEPTHWISE_CONV_2D whose
-    weights take <= 4 bits (``choose_encoding``). Layers with more distinct values stay
-    builtin int8, as do all other operators.
+    weights take <= 4 bits (``choose_encoding``) and whose blob is smaller than its int8
+    weights and bias (not so for tiny layers, where the 56-byte header and 12 bytes of
+    requantization per channel dominate). Other layers stay builtin int8, as do all
+    other operators.
     """
     model = fb.load(bytes(flatbuffer))
     if len(model.subgraphs) != 1:
@@ -394,14 +396,21 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
             continue
         out_name = sg.tensors[op.outputs[0]].name.decode()
         const_inputs = [i for i in op.inputs[1:3] if i >= 0]
-        int8_bytes = sum(len(model.buffers[sg.tensors[i].buffer].data or [])
-                         for i in const_inputs)
+        int8_bytes = sum(len(model.buffers[sg.tensors[i].buffer].data)
+                         for i in const_inputs
+                         if model.buffers[sg.tensors[i].buffer].data is not None)
         layer = layer_of_op(model, op)
         enc = choose_encoding(layer.weights) if isinstance(layer, Layer) else layer
         if isinstance(enc, str):
             report.append(PackedOp(index, name, out_name, None, enc, int8_bytes, 0))
             continue
         blob = pack(layer, enc)
+        if len(blob) >= int8_bytes:  # tiny layers: header and per-channel records dominate
+            report.append(PackedOp(index, name, out_name, None,
+                                   f"packed ({enc.describe()}, {len(blob)} B) would not be "
+                                   f"smaller than int8 weights + bias ({int8_bytes} B)",
+                                   int8_bytes, 0))
+            continue
         if custom_index is None:
             code = fb.schema.OperatorCodeT()
             code.builtinCode = code.deprecatedBuiltinCode = fb.schema.BuiltinOperator.CUSTOM
@@ -423,3 +432,44 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
         report.append(PackedOp(index, name, out_name, enc.describe(), "", int8_bytes, len(blob)))
     fb.drop_unused(model)
     return fb.dump(model), report
+
+
+def scratch_bytes(layer: Layer, enc: Encoding | None) -> int:
+    """RAM tflq_scratch_bytes (micro/kernels) requests for ``layer``: CONV_2D's patch,
+    the shared tables of one input block, and accumulators when there is more than one
+    block. Must equal the C function (tests/test_kernels.py checks)."""
+    padded = -(-layer.depth // 8) * 8
+    total = padded if layer.op == OP_CONV else 0
+    shared = layer.op != OP_DEPTHWISE and enc is not None and (
+        enc.format == FMT_PLANES or (enc.format == FMT_LUT and not enc.per_channel))
+    if shared:
+        block = min(padded, 64 if enc.format == FMT_PLANES else 512 // (2 << enc.bits))
+        total += block // 4 * 32 if enc.format == FMT_PLANES else block * (2 << enc.bits)
+        if block < layer.depth:
+            total += 4 * layer.out_channels
+    return total
+
+
+def model_scratch_bytes(flatbuffer: bytes) -> int:
+    """Sum of scratch RAM over a packed model's TFLQ_PACKED operators."""
+    model = fb.load(bytes(flatbuffer))
+    total = 0
+    for op in model.subgraphs[0].operators:
+        if fb.op_name(model, op) == CUSTOM_CODE:
+            t = model.subgraphs[0].tensors[op.inputs[1]]
+            total += scratch_bytes(*unpack(bytes(bytearray(model.buffers[t.buffer].data))))
+    return total
+
+
+def with_weight_levels(flatbuffer: bytes, levels, seed: int = 0) -> bytes:
+    """The same int8 model with every FC / CONV_2D / DEPTHWISE_CONV_2D weight drawn at
+    random from ``levels`` (int8 values): a low-bit model without training, for tests
+    and benchmarks (instruction counts and bit-exactness do not depend on training)."""
+    rng = np.random.default_rng(seed)
+    model = fb.load(bytes(flatbuffer))
+    sg = model.subgraphs[0]
+    for op in sg.operators:
+        if fb.op_name(model, op) in OP_NAMES.values():
+            buffer = model.buffers[sg.tensors[op.inputs[1]].buffer]
+            buffer.data = rng.choice(np.asarray(levels, np.int8), len(buffer.data)).view(np.uint8)
+    return fb.dump(model)

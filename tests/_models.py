@@ -41,6 +41,15 @@ def dw_softmax(side=12, classes=10):
                              L.Softmax()], name="dw_softmax")
 
 
+def dw_large(side=10, channels=8, classes=10):
+    """A 7x7 depthwise conv (49 taps, 16 channels): big enough that packing its weights
+    saves bytes (tests/test_firmware_packed.py)."""
+    return keras.Sequential([L.InputLayer((side, side, channels)),
+                             L.DepthwiseConv2D(7, depth_multiplier=2, padding="same",
+                                               activation="relu"),
+                             L.GlobalAveragePooling2D(), L.Dense(classes)], name="dw_large")
+
+
 def residual(side=8, channels=4, classes=10):
     """A skip connection (ADD), global average pooling (MEAN) and a sigmoid (LOGISTIC)."""
     x = inputs = L.Input((side, side, channels))
@@ -78,7 +87,8 @@ def build(name: str, seed=0) -> bytes:
 
 
 BUILDERS = {"mlp": mlp, "small_cnn": small_cnn, "fashion_cnn": fashion_cnn,
-            "dw_softmax": dw_softmax, "residual": residual, "wide_cnn": wide_cnn}
+            "dw_softmax": dw_softmax, "dw_large": dw_large, "residual": residual,
+            "wide_cnn": wide_cnn}
 
 
 def random_inputs(flatbuffer: bytes, count: int, seed=1) -> np.ndarray:
@@ -86,3 +96,9 @@ def random_inputs(flatbuffer: bytes, count: int, seed=1) -> np.ndarray:
     interpreter = tf.lite.Interpreter(model_content=flatbuffer)
     shape = interpreter.get_input_details()[0]["shape"][1:]
     return np.random.default_rng(seed).integers(-128, 128, (count, *shape), dtype=np.int8)
+
+
+
+def with_codebook(flatbuffer: bytes, levels, seed=0) -> bytes:
+    from converters.packing import with_weight_levels
+    return with_weight_levels(flatbuffer, levels, seed)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from converters import micro_project, tflm, tflm_host, toolchain
+from converters import firmware_kernels, micro_project, tflm, tflm_host, toolchain
 
 NUM_INPUTS = 8
 STATS = re.compile(r"^STATS instructions_per_inference=(\d+) arena_bytes=(\d+) "
@@ -49,11 +49,14 @@ def test_project_is_a_bazel_workspace_compiling_the_makefiles_sources(tmp_path):
         assert (project / name).is_file(), name
     build, makefile = (project / "BUILD").read_text(), (project / "Makefile").read_text()
 
-    kernels = tflm.kernel_sources(micro_project.model_ops(flatbuffer))
+    plan = firmware_kernels.plan(flatbuffer)  # tflq's rv32 conv and FC replace TFLM's
+    kernels = plan.tflm_sources
     assert bzl_list(build, "TFLM_FRAMEWORK_SRCS") == make_list(makefile, "TFLM_FRAMEWORK_SRCS") \
         == list(tflm.FRAMEWORK_SOURCES)
     assert bzl_list(build, "TFLM_KERNEL_SRCS") == make_list(makefile, "TFLM_KERNEL_SRCS") \
         == list(kernels)
+    assert make_list(makefile, "TFLQ_KERNEL_SRCS") == plan.project_sources
+    assert "tflq_kernels/conv.cc" in build and "tflq_kernels/layer_eval.c" in build
     assert bzl_list(build, "TFLM_COPTS") == list(tflm.CXX_FLAGS)
     assert re.search(r"^TFLM_FLAGS := (.*)$", makefile, re.M).group(1) == " ".join(tflm.CXX_FLAGS)
     assert bzl_value(build, "FRAMEWORK_OPT") == tflm.FRAMEWORK_OPT

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from converters import micro_project, tflm, tflm_host, toolchain
+from converters import firmware_kernels, micro_project, tflm, tflm_host, toolchain
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get(tflm.ROOT_ENV),
@@ -45,11 +45,15 @@ def ram_sections(elf):
     return ram, arena
 
 
+# kernels="tflq": tflq's rv32 int8 FC / CONV_2D / DEPTHWISE_CONV_2D (the default);
+# "reference": TFLM's. Both must match the host interpreter (TFLM's reference kernels).
+@pytest.mark.parametrize("kernels", ["tflq", "reference"])
 @pytest.mark.parametrize("name", ["mlp", "small_cnn", "fashion_cnn", "dw_softmax", "residual"])
-def test_firmware_matches_host_interpreter_bit_for_bit(name, tmp_path):
+def test_firmware_matches_host_interpreter_bit_for_bit(name, kernels, tmp_path):
     flatbuffer = _models.build(name)
     inputs = _models.random_inputs(flatbuffer, NUM_INPUTS)
-    project = micro_project.generate_project(flatbuffer, tmp_path / name, test_inputs=inputs)
+    project = micro_project.generate_project(flatbuffer, tmp_path / name, test_inputs=inputs,
+                                             kernels=kernels)
     run = build_and_run(project)
     assert run.exit_code == 0, run.uart_text[-2000:]
 
@@ -65,7 +69,8 @@ def test_firmware_matches_host_interpreter_bit_for_bit(name, tmp_path):
     stats = STATS.search(run.uart_text)
     assert stats, run.uart_text[-500:]
     instructions, arena, stack = map(int, stats.groups())
-    budget = micro_project.memory_budget(flatbuffer)
+    budget = micro_project.memory_budget(flatbuffer,
+                                         plan=firmware_kernels.plan(flatbuffer, kernels))
     assert instructions > 1000
     # The 32-bit arena is what the bound says it is: no more than the host's figure.
     assert 0 < arena <= budget.arena, (arena, budget)
@@ -106,7 +111,7 @@ def test_board_build_links_for_hifive1_revb(tmp_path):
 def test_every_supported_op_links_and_runs(tmp_path):
     """Each op in tflm.OPS: its resolver call exists and its listed sources suffice."""
     flatbuffer = _models.build("mlp")
-    project = micro_project.generate_project(flatbuffer, tmp_path / "all_ops")
+    project = micro_project.generate_project(flatbuffer, tmp_path / "all_ops", kernels="reference")
     main_cc = (project / "main.cc").read_text()
     calls = "\n".join(f"  TF_LITE_ENSURE_STATUS(op_resolver.{k.resolver_call}());"
                       for k in tflm.OPS.values())
@@ -136,7 +141,8 @@ def test_each_op_links_from_its_own_sources(tmp_path):
     point, and --gc-sections keeps just what that op reaches, so a source missing
     from its list is an undefined reference.
     """
-    project = micro_project.generate_project(_models.build("mlp"), tmp_path / "probe")
+    project = micro_project.generate_project(_models.build("mlp"), tmp_path / "probe",
+                                             kernels="reference")
     makefile = project / "Makefile"
     text = makefile.read_text()
     all_kernels = " \\\n".join(f"\t{s}" for s in tflm.kernel_sources(tflm.OPS))

@@ -110,6 +110,7 @@ def test_c_kernels_equal_tflm_reference_arithmetic(host, op, name):
             assert not isinstance(enc, str), enc
         blob = packing.pack(layer, enc)
         x = input_for(rng, layer, batches=int(rng.integers(1, 3)))
+        assert packing.scratch_bytes(layer, enc) == host.scratch_bytes(blob)
         np.testing.assert_array_equal(host.eval(blob, x, out_size(layer)),
                                       packing.reference(layer, x),
                                       err_msg=f"{name} trial {trial}: {layer}")

@@ -10,7 +10,7 @@ import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
 
 from converters import flatbuffer as fb
-from converters import micro_project, tflm
+from converters import firmware_kernels, micro_project, tflm
 from tflq.errors import TflqError
 
 PROJECT_FILES = {
@@ -23,6 +23,10 @@ PROJECT_FILES = {
     "bazel/toolchain/BUILD", "bazel/toolchain/cc_toolchain_config.bzl",
     "bazel/rules_cc_shim/WORKSPACE", "bazel/rules_cc_shim/BUILD", "bazel/rules_cc_shim/cc/BUILD",
     "bazel/rules_cc_shim/cc/defs.bzl"}
+# tflq's kernels for a FULLY_CONNECTED-only int8 model (kernels="tflq", the default).
+RV32_FC_FILES = {f"tflq_kernels/{n}" for n in (
+    "tflq_kernels.h", "layer_check.c", "layer_eval.c", "tflq_ops.h", "int8_common.cc",
+    "fully_connected.cc")}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,9 @@ def test_project_holds_model_ops_and_data(models, tmp_path):
     inputs = _models.random_inputs(flatbuffer, 5)
     out = micro_project.generate_project(flatbuffer, tmp_path / "mlp", test_inputs=inputs)
 
-    assert files_in(out) == PROJECT_FILES
+    assert files_in(out) == PROJECT_FILES | RV32_FC_FILES
+    reference = micro_project.generate_project(flatbuffer, tmp_path / "ref", kernels="reference")
+    assert files_in(reference) == PROJECT_FILES
     assert not [p for p in out.rglob("*") if p.is_file() and "{{" in p.read_text(errors="replace")]
     model_cc = (out / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_model_data[]" in model_cc
@@ -70,27 +76,34 @@ def test_project_holds_model_ops_and_data(models, tmp_path):
     assert "kNumTestInputs = 5;" in (out / "test_data.h").read_text()
 
 
+@pytest.mark.parametrize("choice", ["reference", "tflq"])
 @pytest.mark.parametrize("name, ops", [
     ("mlp", ["FULLY_CONNECTED"]),
     ("small_cnn", ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE"]),
 ])
-def test_resolver_registers_exactly_the_model_ops(models, tmp_path, name, ops):
+def test_resolver_registers_exactly_the_model_ops(models, tmp_path, name, ops, choice):
     flatbuffer = models[name]
     assert tflite_op_names(flatbuffer) == ops
-    out = micro_project.generate_project(flatbuffer, tmp_path / name)
+    out = micro_project.generate_project(flatbuffer, tmp_path / name, kernels=choice)
     main_cc = (out / "main.cc").read_text()
 
     assert resolver_calls(main_cc) == sorted(tflm.OPS[op].resolver_call for op in ops)
     assert f"MicroMutableOpResolver<{len(ops)}>" in main_cc
     makefile = (out / "Makefile").read_text()
-    kernels = re.search(r"TFLM_KERNEL_SRCS := \\\n(.*?)\n\n", makefile, re.S).group(1).split()
-    assert [k for k in kernels if k != "\\"] == list(tflm.kernel_sources(ops))
-    assert ("kernels/conv.cc" in makefile) == ("CONV_2D" in ops)
+    listed = [k for k in re.search(r"TFLM_KERNEL_SRCS := \\\n(.*?)\n\n", makefile,
+                                   re.S).group(1).split() if k != "\\"]
+    replaced = {f"tensorflow/lite/micro/kernels/{n}.cc" for n in ("conv", "fully_connected")}
+    want = [k for k in tflm.kernel_sources(ops) if choice == "reference" or k not in replaced]
+    assert listed == want
+    tflq_sources = re.search(r"TFLQ_KERNEL_SRCS := \\\n(.*?)\n\n", makefile, re.S).group(1)
+    assert ("tflq_kernels/conv.cc" in tflq_sources) == ("CONV_2D" in ops and choice == "tflq")
+    assert ("tflq_kernels/fully_connected.cc" in tflq_sources) == (choice == "tflq")
 
 
 def test_arena_in_firmware_is_the_budgeted_bound(models, tmp_path):
     flatbuffer = models["small_cnn"]
-    budget = micro_project.memory_budget(flatbuffer)
+    budget = micro_project.memory_budget(flatbuffer, plan=firmware_kernels.plan(flatbuffer))
+    assert budget.arena >= micro_project.memory_budget(flatbuffer).arena
     out = micro_project.generate_project(flatbuffer, tmp_path / "cnn")
     main_cc = (out / "main.cc").read_text()
     assert f"kTensorArenaSize = {budget.arena};" in main_cc
@@ -122,7 +135,7 @@ def test_existing_folder_is_kept_unless_overwrite(models, tmp_path):
         micro_project.generate_project(models["mlp"], out)
     assert files_in(out) == {"mine.txt"}
 
-    micro_project.generate_project(models["mlp"], out, overwrite=True)
+    micro_project.generate_project(models["mlp"], out, overwrite=True, kernels="reference")
     assert files_in(out) == PROJECT_FILES
     assert [p.name for p in tmp_path.iterdir()] == ["proj"]  # no temporary folders left
 

@@ -18,6 +18,7 @@
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/micro/system_setup.h"
 #include "tensorflow/lite/schema/schema_generated.h"
+{{kernel_includes}}
 
 namespace {
 using OpResolver = tflite::MicroMutableOpResolver<{{num_ops}}>;

@@ -2,7 +2,7 @@
 #ifndef TFLQ_MODEL_DATA_H_
 #define TFLQ_MODEL_DATA_H_
 
-// In flash (const), 16-byte aligned as TFLM requires of a flatbuffer.
+// {{model_placement_title}} (const), 16-byte aligned as TFLM requires of a flatbuffer.
 extern const unsigned char g_model_data[];
 extern const unsigned int g_model_data_len;
 

@@ -85,7 +85,7 @@ int tflq_layer_check(const tflq_layer_t* l, char* err, size_t n) {
       (l->format == TFLQ_FMT_PLANES && l->affine == NULL) ||
       (l->format == TFLQ_FMT_LUT && l->levels == NULL))
     return fail(err, n, "%s: missing bias, requantization, codebook or weights", op);
-  for (int c = 0; c < l->out_channels; ++c) {
+  for (int c = 0; c < (l->requant_per_channel ? l->out_channels : 1); ++c) {
     if (l->multiplier[c] < 0 || l->shift[c] < -31 || l->shift[c] > 30)
       return fail(err, n, "%s: channel %d requantization (%ld, shift %ld) out of range", op, c,
                   (long)l->multiplier[c], (long)l->shift[c]);
@@ -155,6 +155,7 @@ int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err
   l->bias = (const int32_t*)p;
   l->multiplier = (const int32_t*)(p + 4 * channels);
   l->shift = (const int32_t*)(p + 8 * channels);
+  l->requant_per_channel = 1;
   p += 12 * channels;
   if (l->format == TFLQ_FMT_PLANES) l->affine = (const int16_t*)p;
   if (l->format == TFLQ_FMT_LUT) l->levels = (const int8_t*)p;

@@ -15,7 +15,7 @@
 /* Inputs per block: 512 bytes of tables whatever the format. */
 enum { PLANES_BLOCK = 64, LUT_TABLE_BYTES = 512 };
 
-int32_t tflq_requantize(int32_t acc, int32_t multiplier, int32_t shift) {
+INLINE int32_t requantize(int32_t acc, int32_t multiplier, int32_t shift) {
   const int left = shift > 0 ? shift : 0;
   const int right = shift > 0 ? 0 : -shift;
   /* gemmlowp SaturatingRoundingDoublingHighMul (multiplier >= 0, so no overflow case
@@ -32,8 +32,13 @@ int32_t tflq_requantize(int32_t acc, int32_t multiplier, int32_t shift) {
   return (high >> right) + (remainder > threshold ? 1 : 0);
 }
 
+int32_t tflq_requantize(int32_t acc, int32_t multiplier, int32_t shift) {
+  return requantize(acc, multiplier, shift);
+}
+
 INLINE int8_t finish(const tflq_layer_t* l, int c, int32_t acc) {
-  int32_t v = tflq_requantize(acc + l->bias[c], l->multiplier[c], l->shift[c]) +
+  const int q = l->requant_per_channel ? c : 0;
+  int32_t v = requantize(acc + l->bias[c], l->multiplier[q], l->shift[q]) +
               l->output_offset;
   if (v < l->act_min) v = l->act_min;
   if (v > l->act_max) v = l->act_max;
@@ -104,23 +109,42 @@ static void int8_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
 
 static void planes_tables(const int8_t* x, int k0, int count, int depth, int16_t* t) {
   for (int g = 0; g < count; g += 4, t += 16) {
-    int16_t v[4];
-    for (int i = 0; i < 4; ++i) v[i] = (int16_t)(k0 + g + i < depth ? x[k0 + g + i] : 0);
-    const int16_t a[4] = {0, v[0], v[1], (int16_t)(v[0] + v[1])};
-    const int16_t b[4] = {0, v[2], v[3], (int16_t)(v[2] + v[3])};
-    for (int j = 0; j < 4; ++j)
-      for (int i = 0; i < 4; ++i) t[4 * j + i] = (int16_t)(a[i] + b[j]);
+    const int k = k0 + g;
+    int32_t v0 = 0, v1 = 0, v2 = 0, v3 = 0;
+    if (k + 4 <= depth) {
+      v0 = x[k]; v1 = x[k + 1]; v2 = x[k + 2]; v3 = x[k + 3];
+    } else {
+      if (k < depth) v0 = x[k];
+      if (k + 1 < depth) v1 = x[k + 1];
+      if (k + 2 < depth) v2 = x[k + 2];
+    }
+    const int32_t a3 = v0 + v1, b3 = v2 + v3;
+    t[0] = 0;                  t[1] = (int16_t)v0;         t[2] = (int16_t)v1;
+    t[3] = (int16_t)a3;        t[4] = (int16_t)v2;         t[5] = (int16_t)(v2 + v0);
+    t[6] = (int16_t)(v2 + v1); t[7] = (int16_t)(v2 + a3);  t[8] = (int16_t)v3;
+    t[9] = (int16_t)(v3 + v0); t[10] = (int16_t)(v3 + v1); t[11] = (int16_t)(v3 + a3);
+    t[12] = (int16_t)b3;       t[13] = (int16_t)(b3 + v0); t[14] = (int16_t)(b3 + v1);
+    t[15] = (int16_t)(b3 + a3);
   }
 }
 
+/* One plane byte: two nibbles, each a table lookup (the high nibble's table is 16
+ * entries further). */
+#define PLANE(s, byte)                                                     \
+  do {                                                                     \
+    const uint32_t b_ = (byte);                                            \
+    s += *(const int16_t*)((const uint8_t*)t + ((b_ << 1) & 0x1e)) +       \
+         *(const int16_t*)((const uint8_t*)t + 32 + ((b_ >> 3) & 0x1e));   \
+  } while (0)
+
 INLINE int32_t planes_row(const uint8_t* w, const int16_t* t, int chunks, const int bits) {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  for (int q = 0; q < chunks; ++q, w += bits, t += 32) {
-    uint32_t b = w[0];
-    s0 += t[b & 15] + t[16 + (b >> 4)];
-    if (bits > 1) { b = w[1]; s1 += t[b & 15] + t[16 + (b >> 4)]; }
-    if (bits > 2) { b = w[2]; s2 += t[b & 15] + t[16 + (b >> 4)]; }
-    if (bits > 3) { b = w[3]; s3 += t[b & 15] + t[16 + (b >> 4)]; }
+  const uint8_t* end = w + chunks * bits;
+  for (; w != end; w += bits, t += 32) {
+    PLANE(s0, w[0]);
+    if (bits > 1) PLANE(s1, w[1]);
+    if (bits > 2) PLANE(s2, w[2]);
+    if (bits > 3) PLANE(s3, w[3]);
   }
   return s0 + (s1 << 1) + (s2 << 2) + (s3 << 3);
 }
@@ -136,25 +160,32 @@ static void lut_tables(const int8_t* x, int k0, int count, int depth, const int8
   }
 }
 
+/* The int16 entry at byte offset `off` of table row `row` (rows of 2^bits entries). */
+#define LUT(row, off) (*(const int16_t*)((const uint8_t*)t + (row) * (2 << bits) + (off)))
+
 INLINE int32_t lut_row(const uint8_t* w, const int16_t* t, int chunks, const int bits) {
   int32_t s = 0;
-  for (int q = 0; q < chunks; ++q, w += bits, t += 8 << bits) {
-    if (bits == 4) {
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t b = w[j];
-        s += t[(2 * j) * 16 + (b & 15)] + t[(2 * j + 1) * 16 + (b >> 4)];
-      }
+  const uint8_t* end = w + chunks * bits;
+  for (; w != end; w += bits, t += 8 << bits) {
+    if (bits == 4) { /* 2 codes per byte; byte offsets 2 * code come straight from masks */
+      uint32_t b = w[0];
+      s += LUT(0, (b << 1) & 0x1e) + LUT(1, (b >> 3) & 0x1e);
+      b = w[1];
+      s += LUT(2, (b << 1) & 0x1e) + LUT(3, (b >> 3) & 0x1e);
+      b = w[2];
+      s += LUT(4, (b << 1) & 0x1e) + LUT(5, (b >> 3) & 0x1e);
+      b = w[3];
+      s += LUT(6, (b << 1) & 0x1e) + LUT(7, (b >> 3) & 0x1e);
     } else if (bits == 2) {
-      for (int j = 0; j < 2; ++j) {
-        const uint32_t b = w[j];
-        s += t[(4 * j) * 4 + (b & 3)] + t[(4 * j + 1) * 4 + ((b >> 2) & 3)] +
-             t[(4 * j + 2) * 4 + ((b >> 4) & 3)] + t[(4 * j + 3) * 4 + (b >> 6)];
-      }
+      uint32_t b = w[0];
+      s += LUT(0, (b << 1) & 6) + LUT(1, (b >> 1) & 6) + LUT(2, (b >> 3) & 6) + LUT(3, (b >> 5) & 6);
+      b = w[1];
+      s += LUT(4, (b << 1) & 6) + LUT(5, (b >> 1) & 6) + LUT(6, (b >> 3) & 6) + LUT(7, (b >> 5) & 6);
     } else { /* 3 bits: 8 codes in 24 bits */
       const uint32_t b = (uint32_t)w[0] | ((uint32_t)w[1] << 8) | ((uint32_t)w[2] << 16);
-      s += t[0 + (b & 7)] + t[8 + ((b >> 3) & 7)] + t[16 + ((b >> 6) & 7)] +
-           t[24 + ((b >> 9) & 7)] + t[32 + ((b >> 12) & 7)] + t[40 + ((b >> 15) & 7)] +
-           t[48 + ((b >> 18) & 7)] + t[56 + (b >> 21)];
+      s += LUT(0, (b << 1) & 14) + LUT(1, (b >> 2) & 14) + LUT(2, (b >> 5) & 14) +
+           LUT(3, (b >> 8) & 14) + LUT(4, (b >> 11) & 14) + LUT(5, (b >> 14) & 14) +
+           LUT(6, (b >> 17) & 14) + LUT(7, (b >> 20) & 14);
     }
   }
   return s;
@@ -197,19 +228,38 @@ static void slow_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
   }
 }
 
-/* Shared-table engine: PLANES (any codebook flag) and LUT with one codebook. */
-INLINE void table_vector_bits(const tflq_layer_t* l, const int8_t* x, int8_t* out,
-                              void* scratch, const int bits) {
-  const int planes = l->format == TFLQ_FMT_PLANES;
+/* Shared-table engine: PLANES (any codebook flag) and LUT with one codebook. The
+ * constant arguments give one specialised loop per (format, bits, blocked). */
+INLINE int32_t planes_total(const tflq_layer_t* l, int c, int32_t sum_x, int32_t s) {
+  const int book = l->per_channel_codebook ? c : 0;
+  return l->affine[2 * book] * sum_x + l->affine[2 * book + 1] * s;
+}
+
+INLINE void table_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out, void* scratch,
+                         const int planes, const int bits) {
   const int block = block_inputs(l);
   const int padded = (l->depth + 7) & ~7;
   int16_t* tables = (int16_t*)scratch;
   const size_t table_bytes = planes ? (size_t)block / 4 * 32 : (size_t)block * (2u << bits);
   int32_t* acc = (int32_t*)((uint8_t*)scratch + table_bytes);
-  const int blocked = block < l->depth;
   int32_t sum_x = 0;
   if (planes)
     for (int k = 0; k < l->depth; ++k) sum_x += x[k];
+  const int channels = l->out_channels, row_bytes = l->row_bytes;
+  if (block >= l->depth) { /* one block: finish each channel as it is summed */
+    if (planes)
+      planes_tables(x, 0, padded, l->depth, tables);
+    else
+      lut_tables(x, 0, padded, l->depth, l->levels, bits, tables);
+    const uint8_t* w = l->weights;
+    for (int c = 0; c < channels; ++c, w += row_bytes) {
+      if (planes)
+        out[c] = finish(l, c, planes_total(l, c, sum_x, planes_row(w, tables, padded >> 3, bits)));
+      else
+        out[c] = finish(l, c, lut_row(w, tables, padded >> 3, bits));
+    }
+    return;
+  }
   for (int k0 = 0; k0 < padded; k0 += block) {
     const int count = padded - k0 < block ? padded - k0 : block;
     if (planes)
@@ -217,31 +267,14 @@ INLINE void table_vector_bits(const tflq_layer_t* l, const int8_t* x, int8_t* ou
     else
       lut_tables(x, k0, count, l->depth, l->levels, bits, tables);
     const uint8_t* w = l->weights + (size_t)(k0 >> 3) * bits;
-    for (int c = 0; c < l->out_channels; ++c, w += l->row_bytes) {
+    for (int c = 0; c < channels; ++c, w += row_bytes) {
       const int32_t s = planes ? planes_row(w, tables, count >> 3, bits)
                                : lut_row(w, tables, count >> 3, bits);
-      if (blocked) {
-        acc[c] = k0 == 0 ? s : acc[c] + s;
-      } else {
-        int32_t total = s;
-        if (planes) {
-          const int book = l->per_channel_codebook ? c : 0;
-          total = l->affine[2 * book] * sum_x + l->affine[2 * book + 1] * s;
-        }
-        out[c] = finish(l, c, total);
-      }
+      acc[c] = k0 == 0 ? s : acc[c] + s;
     }
   }
-  if (blocked) {
-    for (int c = 0; c < l->out_channels; ++c) {
-      int32_t total = acc[c];
-      if (planes) {
-        const int book = l->per_channel_codebook ? c : 0;
-        total = l->affine[2 * book] * sum_x + l->affine[2 * book + 1] * acc[c];
-      }
-      out[c] = finish(l, c, total);
-    }
-  }
+  for (int c = 0; c < channels; ++c)
+    out[c] = finish(l, c, planes ? planes_total(l, c, sum_x, acc[c]) : acc[c]);
 }
 
 static void vector_layer(const tflq_layer_t* l, const int8_t* x, int8_t* out, void* scratch) {
@@ -250,11 +283,15 @@ static void vector_layer(const tflq_layer_t* l, const int8_t* x, int8_t* out, vo
   } else if (!uses_shared_tables(l)) {
     slow_vector(l, x, out);
   } else {
-    switch (l->bits) { /* constant bit widths let the compiler unroll the planes */
-      case 1: table_vector_bits(l, x, out, scratch, 1); break;
-      case 2: table_vector_bits(l, x, out, scratch, 2); break;
-      case 3: table_vector_bits(l, x, out, scratch, 3); break;
-      default: table_vector_bits(l, x, out, scratch, 4); break;
+    const int planes = l->format == TFLQ_FMT_PLANES;
+    switch (l->bits * 2 + planes) { /* one specialised loop per format and width */
+      case 2 * 1 + 1: table_vector(l, x, out, scratch, 1, 1); break;
+      case 2 * 2 + 1: table_vector(l, x, out, scratch, 1, 2); break;
+      case 2 * 3 + 1: table_vector(l, x, out, scratch, 1, 3); break;
+      case 2 * 4 + 1: table_vector(l, x, out, scratch, 1, 4); break;
+      case 2 * 2: table_vector(l, x, out, scratch, 0, 2); break;
+      case 2 * 3: table_vector(l, x, out, scratch, 0, 3); break;
+      default: table_vector(l, x, out, scratch, 0, 4); break;
     }
   }
 }

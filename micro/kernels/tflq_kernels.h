@@ -62,8 +62,9 @@ typedef struct {
   int32_t input_offset, output_offset, act_min, act_max;
   int row_bytes;
   const int32_t* bias;        /* bias_eff per channel (see above) */
-  const int32_t* multiplier;  /* per channel */
-  const int32_t* shift;       /* per channel, TFLM's convention (> 0: left) */
+  const int32_t* multiplier;  /* per channel (or one: requant_per_channel 0) */
+  const int32_t* shift;       /* likewise; TFLM's convention (> 0: left) */
+  int requant_per_channel;    /* packed blobs: 1; per-tensor int8 FC: 0 */
   const int16_t* affine;      /* PLANES: (v0, d) per channel or one pair */
   const int8_t* levels;       /* LUT: 2^bits levels per channel or one set */
   const uint8_t* weights;     /* out_channels rows of row_bytes */

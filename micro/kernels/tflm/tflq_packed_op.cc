@@ -1,0 +1,108 @@
+// TFLQ_PACKED: a FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D layer whose weights
+// are a TQP1 blob (micro/kernels/tflq_kernels.h), read in place from flash or RAM.
+// Prepare checks the blob and the tensors against each other and refuses anything
+// inconsistent with a message; Eval runs the plain-C kernel.
+#include "tflq_kernels.h"
+#include "tflq_ops.h"
+
+#include "tensorflow/lite/c/common.h"
+#include "tensorflow/lite/micro/kernels/kernel_util.h"
+#include "tensorflow/lite/micro/micro_context.h"
+#include "tensorflow/lite/micro/micro_log.h"
+
+namespace tflq {
+namespace {
+
+constexpr int kInput = 0;
+constexpr int kBlob = 1;
+constexpr int kOutput = 0;
+
+struct OpData {
+  int scratch_index;
+};
+
+void* Init(TfLiteContext* context, const char*, size_t) {
+  return context->AllocatePersistentBuffer(context, sizeof(OpData));
+}
+
+TfLiteStatus Parse(const TfLiteEvalTensor* blob, tflq_layer_t* layer) {
+  char err[160];
+  if (tflq_layer_parse(tflite::micro::GetTensorData<uint8_t>(blob),
+                       tflite::micro::GetTensorShape(blob).FlatSize(), layer, err,
+                       sizeof(err)) != 0) {
+    MicroPrintf("TFLQ_PACKED: %s", err);
+    return kTfLiteError;
+  }
+  return kTfLiteOk;
+}
+
+TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
+  TF_LITE_ENSURE_EQ(context, node->inputs->size, 2);
+  TF_LITE_ENSURE_EQ(context, node->outputs->size, 1);
+  tflite::MicroContext* micro_context = tflite::GetMicroContext(context);
+  TfLiteTensor* input = micro_context->AllocateTempInputTensor(node, kInput);
+  TfLiteTensor* blob = micro_context->AllocateTempInputTensor(node, kBlob);
+  TfLiteTensor* output = micro_context->AllocateTempOutputTensor(node, kOutput);
+  TF_LITE_ENSURE(context, input != nullptr && blob != nullptr && output != nullptr);
+  TfLiteStatus status = kTfLiteOk;
+  tflq_layer_t layer;
+  char err[160];
+  if (input->type != kTfLiteInt8 || output->type != kTfLiteInt8 || blob->type != kTfLiteUInt8) {
+    MicroPrintf("TFLQ_PACKED: needs int8 input and output and a uint8 blob");
+    status = kTfLiteError;
+  } else if (blob->data.uint8 == nullptr) {
+    MicroPrintf("TFLQ_PACKED: the packed weights are not a constant tensor");
+    status = kTfLiteError;
+  } else if (tflq_layer_parse(blob->data.uint8, blob->bytes, &layer, err, sizeof(err)) != 0) {
+    MicroPrintf("TFLQ_PACKED: %s", err);
+    status = kTfLiteError;
+  } else {
+    const size_t per_input = static_cast<size_t>(layer.in_h) * layer.in_w * layer.in_c;
+    const size_t per_output = static_cast<size_t>(layer.out_h) * layer.out_w * layer.out_channels;
+    const size_t batches = input->bytes / per_input;
+    if (batches == 0 || batches * per_input != input->bytes ||
+        batches * per_output != output->bytes) {
+      MicroPrintf("TFLQ_PACKED: input %u / output %u bytes do not match the packed layer "
+                  "(%u -> %u per batch)",
+                  static_cast<unsigned>(input->bytes), static_cast<unsigned>(output->bytes),
+                  static_cast<unsigned>(per_input), static_cast<unsigned>(per_output));
+      status = kTfLiteError;
+    } else {
+      auto* data = static_cast<OpData*>(node->user_data);
+      data->scratch_index = -1;
+      const size_t scratch = tflq_scratch_bytes(&layer);
+      if (scratch > 0) {
+        status = context->RequestScratchBufferInArena(context, scratch, &data->scratch_index);
+      }
+    }
+  }
+  micro_context->DeallocateTempTfLiteTensor(input);
+  micro_context->DeallocateTempTfLiteTensor(blob);
+  micro_context->DeallocateTempTfLiteTensor(output);
+  return status;
+}
+
+TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
+  const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, kInput);
+  const TfLiteEvalTensor* blob = tflite::micro::GetEvalInput(context, node, kBlob);
+  TfLiteEvalTensor* output = tflite::micro::GetEvalOutput(context, node, kOutput);
+  tflq_layer_t layer;
+  TF_LITE_ENSURE_STATUS(Parse(blob, &layer));
+  const auto* data = static_cast<const OpData*>(node->user_data);
+  void* scratch =
+      data->scratch_index >= 0 ? context->GetScratchBuffer(context, data->scratch_index) : nullptr;
+  const int per_input = layer.in_h * layer.in_w * layer.in_c;
+  const int batches = tflite::micro::GetTensorShape(input).FlatSize() / per_input;
+  tflq_layer_eval(&layer, tflite::micro::GetTensorData<int8_t>(input), batches,
+                  tflite::micro::GetTensorData<int8_t>(output), scratch);
+  return kTfLiteOk;
+}
+
+}  // namespace
+
+const TFLMRegistration* Register_TFLQ_PACKED() {
+  static const TFLMRegistration registration = tflite::micro::RegisterOp(Init, Prepare, Eval);
+  return &registration;
+}
+
+}  // namespace tflq

@@ -1,0 +1,94 @@
+"""Packed low-bit firmware (TFLQ_PACKED ops) is bit-exact with the int8 model.
+
+For each model and codebook, the FC / CONV_2D / DEPTHWISE_CONV_2D weights are drawn
+from the codebook; the packed firmware's OUTPUT lines must equal the TFLM host
+interpreter's on the unpacked int8 model (and, for one codebook, the unpacked int8
+firmware on TFLM's reference kernels). Corrupt packed tensors are refused at Prepare.
+Needs TFLM sources ($TFLQ_TFLM_ROOT), riscv64-unknown-elf-gcc and QEMU.
+"""
+import os
+import re
+
+import numpy as np
+import pytest
+
+import _models
+from converters import micro_project, packing, tflm, tflm_host
+from test_firmware_qemu import build_and_run, outputs
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get(tflm.ROOT_ENV),
+    reason=f"{tflm.ROOT_ENV} is not set: no TFLM sources to build firmware from")
+
+NUM_INPUTS = 32
+CODEBOOKS = {  # int8 levels -> the encoding the packer must choose
+    "binary": ([-90, 90], "1-bit bit-planes"),
+    "ternary": ([-60, 0, 60], "2-bit bit-planes"),
+    "log3": ([-64, -32, -16, 0, 16, 32, 64], "3-bit codebook"),
+    "fixed4": (list(range(-105, 106, 15)), "4-bit bit-planes"),
+    "random16": ([-127, -99, -80, -61, -40, -33, -20, -7, 3, 11, 29, 47, 70, 88, 101, 127],
+                 "4-bit codebook"),
+}
+
+
+def device_outputs(project, count):
+    run = build_and_run(project)
+    assert run.exit_code == 0, run.uart_text[-2000:]
+    got = outputs(run.uart_text)
+    return np.stack([got[k] for k in range(count)]), run.uart_text
+
+
+@pytest.mark.parametrize("codebook", list(CODEBOOKS))
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "dw_large"])
+def test_packed_firmware_is_bit_exact(name, codebook, tmp_path):
+    levels, encoding = CODEBOOKS[codebook]
+    flatbuffer = _models.with_codebook(_models.build(name), levels)
+    inputs = _models.random_inputs(flatbuffer, NUM_INPUTS)
+    project = micro_project.generate_project(flatbuffer, tmp_path / "packed", test_inputs=inputs)
+    readme = (project / "README.md").read_text()
+    packed_layers = re.findall(r"packed as (\d-bit [\w-]+)", readme)
+    assert packed_layers and set(packed_layers) == {encoding}, readme
+    # Only layers whose blob would outgrow their int8 bytes (tiny convs) stay int8.
+    kept = re.findall(r"stays int8 \((.*)\)", readme)
+    assert all("would not be smaller" in reason for reason in kept), readme
+    if name == "dw_large":
+        assert re.search(r"DEPTHWISE_CONV_2D .*packed as", readme), readme
+
+    device, _ = device_outputs(project, NUM_INPUTS)
+    host = tflm_host.predict(flatbuffer, inputs).reshape(NUM_INPUTS, -1).astype(np.int64)
+    differ = [k for k in range(NUM_INPUTS) if not np.array_equal(device[k], host[k])]
+    assert not differ, (f"{name}/{codebook}: packed firmware differs from the host on inputs "
+                        f"{differ}; " + tflm.commits_note(tflm.source_root()))
+
+    if codebook == "ternary":  # and equal to the unpacked int8 firmware (reference kernels)
+        plain = micro_project.generate_project(flatbuffer, tmp_path / "int8", test_inputs=inputs,
+                                               pack=False, kernels="reference")
+        int8_device, _ = device_outputs(plain, NUM_INPUTS)
+        np.testing.assert_array_equal(device, int8_device)
+
+
+def _corrupt_model_data(project, flatbuffer, corrupt):
+    """Rewrites the project's model array with the packed model corrupted by ``corrupt``."""
+    packed, _ = packing.pack_model(flatbuffer)
+    start = packed.index(b"TQP1")
+    bad = corrupt(bytearray(packed), start)
+    cc = (project / "model_data.cc").read_text()
+    body = micro_project._c_bytes(bytes(bad))
+    cc = re.sub(r"(g_model_data\[\] = \{\n).*?(\n\};)", lambda m: m.group(1) + body + m.group(2),
+                cc, flags=re.S)
+    (project / "model_data.cc").write_text(cc)
+
+
+@pytest.mark.parametrize("what, corrupt, message", [
+    ("bit width", lambda b, s: b.__setitem__(s + 6, 7) or b, "bits"),
+    ("length", lambda b, s: b.__setitem__(s + 52, b[s + 52] ^ 4) or b, "header says"),
+    ("codebook flag", lambda b, s: b.__setitem__(s + 7, 1) or b, "codebook need"),
+])
+def test_corrupt_packed_tensor_is_refused_at_prepare(what, corrupt, message, tmp_path):
+    flatbuffer = _models.with_codebook(_models.build("mlp"), CODEBOOKS["ternary"][0])
+    project = micro_project.generate_project(flatbuffer, tmp_path / "bad")
+    _corrupt_model_data(project, flatbuffer, corrupt)
+    run = build_and_run(project)
+    assert run.exit_code != 0, f"{what}: firmware ran a corrupt packed tensor"
+    assert "TFLQ_PACKED:" in run.uart_text and message in run.uart_text, run.uart_text[-1000:]
+    assert "OUTPUT" not in run.uart_text
