@@ -1,12 +1,15 @@
 """TFLite flatbuffer -> a TFLite-Micro firmware project for the SiFive FE310.
 
-The project (see templates/) holds the model as a const array in flash, a main.cc
-registering exactly the model's ops and self-testing on embedded int8 inputs, the
-FE310 platform layer copied from micro/fe310, and a Makefile that compiles TFLM
-from $TFLQ_TFLM_ROOT. Generating needs no TFLM sources and no cross toolchain.
+The project (see templates/) holds the model as a const array in flash (or, with
+``model_in_ram``, in .data, copied from flash at boot), a main.cc registering exactly
+the model's ops and self-testing on embedded int8 inputs (or, with ``eval_images``,
+measuring accuracy on images in flash), tflq's kernels (``firmware_kernels``: packed
+low-bit ops and rv32 int8 kernels), the FE310 platform layer copied from micro/fe310,
+a Makefile and a Bazel workspace that compile TFLM from $TFLQ_TFLM_ROOT. Generating
+needs no TFLM sources and no cross toolchain.
 
 RAM is budgeted before anything is written: tensor arena + stack + static data
-must fit the FE310's 16 KiB. The arena figure is an upper bound of the 32-bit
+(+ the model when it is in RAM) must fit the FE310's 16 KiB. The arena figure is an upper bound of the 32-bit
 arena, argued in ``arena_upper_bound`` and checked in QEMU by
 tests/test_firmware_qemu.py; the firmware's arena array is that size.
 """
