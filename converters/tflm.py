@@ -1,15 +1,15 @@
 """TFLite-Micro as tflq builds it for the FE310: pinned versions, sources, ops, flags.
 
-The TFLM C++ sources are not in this repository and never are. A build finds them
-through ``TFLQ_TFLM_ROOT``, a directory holding ``tflite-micro/``, ``flatbuffers/``,
-``gemmlowp/`` and ``ruy/``. Generating a project needs none of them: the op table
-and the source lists below are plain data, checked against a real tree by
+The TFLM C++ sources are not in this repository and never are: ``source_root()``
+finds them (``converters.tflm_sources``: ``TFLQ_TFLM_ROOT``, ``TFLQ_TFLM_ARCHIVE``, or
+the pinned downloads). Generating a project needs none of them: the op table and the
+source lists below are plain data, checked against a real tree by
 ``tests/test_firmware_qemu.py``.
 
-Object files are cached outside the project, in ``$TFLQ_CACHE_DIR`` (default
-``${XDG_CACHE_HOME:-~/.cache}/tflq/tflm-obj``) under a key hashing the TFLM tree's
-path and commit, the pinned dependency versions, the compiler version and the
-flags; the generated Makefile computes the key, so a project builds without tflq.
+Object files are cached outside the project, in ``$TFLQ_CACHE_DIR/tflm-obj`` (default
+``${XDG_CACHE_HOME:-~/.cache}/tflq``) under a key hashing the TFLM tree's path and
+commit, the pinned dependency versions, the compiler version and the flags; the
+generated Makefile computes the key, so a project builds without tflq.
 """
 from __future__ import annotations
 
@@ -18,26 +18,29 @@ import os
 import subprocess
 from pathlib import Path
 
-from converters import toolchain
+from converters import toolchain, tflm_sources
 from tflq.errors import TflqError
 
-ROOT_ENV = "TFLQ_TFLM_ROOT"
+ROOT_ENV = tflm_sources.ROOT_ENV
+ARCHIVE_ENV = tflm_sources.ARCHIVE_ENV
 COMMIT_ENV = "TFLQ_TFLM_COMMIT"
-# One line naming the commit of $TFLQ_TFLM_ROOT/tflite-micro (the tree has no .git).
-COMMIT_MARKER = "TFLM_COMMIT"
+COMMIT_MARKER = tflm_sources.COMMIT_MARKER
 
-# The host interpreter (the `tflite-micro` wheel) is the bit-exact reference for the
-# firmware; the wheel version names the TFLM commit it was built from.
-HOST_WHEEL = "tflite-micro==0.dev20261023182759"
-TFLM_COMMIT = "8f6596d"
-# As pinned in TFLM's MODULE.bazel at that commit (sha256 of GitHub's archive zips).
-FLATBUFFERS_VERSION = "25.9.23"
-GEMMLOWP_COMMIT = "fda83bdc38b118cc6b56753bd540caa49e570745"
+# The firmware's TFLM and its pins (the sources tflq builds, on the device and on the host).
+TFLM_COMMIT = tflm_sources.TFLM_COMMIT
+FLATBUFFERS_VERSION = tflm_sources.FLATBUFFERS_VERSION
+GEMMLOWP_COMMIT = tflm_sources.GEMMLOWP_COMMIT
+RUY_COMMIT = tflm_sources.RUY_COMMIT
+# sha256 of GitHub's zip archives, as TFLM's MODULE.bazel pins them (the Bazel rule).
 GEMMLOWP_SHA256 = "43146e6f56cb5218a8caaab6b5d1601a083f1f31c06ff474a4378a7d35be9cfb"
-RUY_COMMIT = "54774a7a2cf85963777289193629d4bd42de4a59"
 RUY_SHA256 = "da5ec0cc07472bdb21589b0b51c8f3d7f75d2ed6230b794912adf213838d289a"
 
-_SUBDIRS = ("tflite-micro", "flatbuffers", "gemmlowp", "ruy")
+# The `tflite-micro` wheel: a host interpreter built from another TFLM commit. The
+# reference only when no sources are available (converters.tflm_host says which).
+HOST_WHEEL = "tflite-micro==0.dev20261023182759"
+HOST_WHEEL_COMMIT = "8f6596d"
+
+_SUBDIRS = tflm_sources.SUBDIRS
 
 # The flags that build TFLM for rv32imac without warnings live with the toolchain.
 ARCH_FLAGS = toolchain.ARCH_FLAGS
@@ -173,21 +176,14 @@ def kernel_sources(op_names) -> tuple[str, ...]:
 
 
 def source_root(required: bool = True) -> Path | None:
-    """The directory ``TFLQ_TFLM_ROOT`` names, checked to hold all four source trees."""
-    value = os.environ.get(ROOT_ENV)
-    if not value:
-        if not required:
-            return None
-        raise TflqError(
-            f"{ROOT_ENV} is not set: point it at a directory holding "
-            f"{', '.join(d + '/' for d in _SUBDIRS)} (TFLM {TFLM_COMMIT}, flatbuffers "
-            f"{FLATBUFFERS_VERSION}, gemmlowp {GEMMLOWP_COMMIT[:8]}, ruy {RUY_COMMIT[:8]}).")
-    root = Path(value).expanduser()
-    missing = [d for d in _SUBDIRS if not (root / d).is_dir()]
-    if missing:
-        raise TflqError(f"{ROOT_ENV}={value} lacks {', '.join(d + '/' for d in missing)}: it must "
-                        f"hold {', '.join(d + '/' for d in _SUBDIRS)}.")
-    return root
+    """The folder holding the four source trees (``tflm_sources.root``); with
+    ``required=False``, None instead of TflqError when none can be had."""
+    try:
+        return tflm_sources.root()
+    except TflqError:
+        if required:
+            raise
+        return None
 
 
 def local_commit(root: Path) -> str:
@@ -208,11 +204,10 @@ def local_commit(root: Path) -> str:
     return "unknown"
 
 
-def commits_note(root: Path | None) -> str:
-    """Both commits, for a bit-exactness failure message."""
+def commits_note(root: Path | None, reference: str) -> str:
+    """Which TFLM the firmware and the reference came from, for a mismatch message."""
     local = local_commit(root) if root is not None else "unknown"
-    return (f"firmware built from TFLM {local} ({ROOT_ENV}={root}); host reference is the "
-            f"{HOST_WHEEL} wheel = TFLM {TFLM_COMMIT}")
+    return f"firmware built from TFLM {local} ({root}); reference: {reference}"
 
 
 def make(project_dir, *targets: str, jobs: int = 2, timeout_s: float = 1800,

@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-demo}
 
-pkgs=(dataset-fashion-mnist python3-venv)
+# riscv gcc + picolibc + C++ headers build FE310 firmware and QEMU runs it (the demo
+# and the tests); g++ builds TFLM for the host (the device's reference); patch applies
+# TFLM's flatbuffers patch.
+pkgs=(dataset-fashion-mnist python3-venv gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf
+      libstdc++-arm-none-eabi-dev qemu-system-misc make g++ patch)
 if [ "$what" = test ]; then
-  # riscv gcc + picolibc + C++ headers build FE310 firmware; QEMU runs it;
-  # Bazel 4.2.3 (Debian) builds it too, offline.
-  pkgs+=(gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf libstdc++-arm-none-eabi-dev
-         qemu-system-misc make bazel-bootstrap bazel-rules-java)
+  pkgs+=(bazel-bootstrap bazel-rules-java)  # Bazel 4.2.3 builds the firmware too, offline
 fi
 missing=()
 for p in "${pkgs[@]}"; do
