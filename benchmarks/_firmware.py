@@ -1,11 +1,11 @@
 """Shared by the firmware benchmarks: build a generated project with real TFLM, run it in
 QEMU (-icount shift=0: minstret counts retired instructions exactly) and measure it.
 
-    TFLQ_TFLM_ROOT=/work/deps TFLQ_TFLM_COMMIT=90b983c2 .venv/bin/python benchmarks/<script>.py
+    TFLQ_TFLM_ARCHIVE=../shared/deps/tflm-deps-90b983c2.tar.gz .venv/bin/python benchmarks/<script>.py
+
+(or TFLQ_TFLM_ROOT=<folder>; converters/tflm_sources.py).
 """
 import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import tflq  # noqa: E402,F401  -- before TensorFlow
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from converters import firmware_kernels, micro_project, tflm, tflm_host, toolchain  # noqa: E402
+from converters import firmware_kernels, firmware_run, micro_project, tflm_host  # noqa: E402
 from converters import flatbuffer as fb  # noqa: E402
 
 NUM_INPUTS = 8
@@ -50,18 +50,7 @@ def macs(flatbuffer: bytes) -> int:
     return total
 
 
-def weight_bytes(flatbuffer: bytes) -> int:
-    """Bytes of FC / conv weights and biases (int8 tensors) or packed blobs in the model."""
-    model = fb.load(flatbuffer)
-    sg = model.subgraphs[0]
-    total = 0
-    for op in sg.operators:
-        if fb.op_name(model, op) in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D",
-                                     "TFLQ_PACKED"):
-            for i in op.inputs[1:]:
-                data = model.buffers[sg.tensors[i].buffer].data if i >= 0 else None
-                total += 0 if data is None else len(data)
-    return total
+weight_bytes = fb.weight_bytes
 
 
 def measure(name: str, flatbuffer: bytes, workdir: Path, inputs=None, **generate) -> dict:
@@ -75,20 +64,17 @@ def measure(name: str, flatbuffer: bytes, workdir: Path, inputs=None, **generate
         inputs = np.random.default_rng(1).integers(-128, 128, (NUM_INPUTS, *shape), dtype=np.int8)
     project = micro_project.generate_project(flatbuffer, workdir / name, test_inputs=inputs,
                                              **generate)
-    tflm.make(project, "qemu-elf")
-    elf = project / "build/hifive1-reva-qemu/firmware.elf"
-    run = toolchain.run_qemu(elf, timeout_s=900)
+    run = firmware_run.run(project, timeout_s=900)
     if run.exit_code != 0:
-        raise RuntimeError(f"{name}: firmware exited {run.exit_code}:\n{run.uart_text[-1500:]}")
-    got = np.array([list(map(int, m.group(1).split()))
-                    for m in re.finditer(r"^OUTPUT \d+ (.*)$", run.uart_text, re.M)])
-    exact = np.array_equal(got, tflm_host.predict(flatbuffer, inputs).reshape(len(inputs), -1))
-    stats = dict(re.findall(r"(\w+)=(\d+)", re.search(r"^STATS .*$", run.uart_text, re.M).group(0)))
-    tc = toolchain.find_toolchain()
-    sections = dict((m.group(1), int(m.group(2))) for m in re.finditer(
-        r"^(\.\w+)\s+(\d+)", subprocess.run([tc.tool("size"), "-A", str(elf)], capture_output=True,
-                                            text=True, check=True).stdout, re.M))
-    firmware_model = bytes(micro_project_model(project))
+        raise RuntimeError(f"{name}: firmware exited {run.exit_code}:\n{run.tail()}")
+    # Bit-exact twice: the host build of the same model and kernels, and TFLM's
+    # reference kernels on the int8 model.
+    firmware_run.check_bit_exact(run, inputs)
+    exact = not firmware_run.mismatches(run.outputs, tflm_host.predict(flatbuffer, inputs))
+    stats = run.stats
+    elf = run.elf
+    sections = firmware_run.elf_sections(elf)
+    firmware_model = (project / firmware_run.MODEL_FILE).read_bytes()
     plan = firmware_kernels.plan(firmware_model, generate.get("kernels", "tflq"))
     budget = micro_project.memory_budget(flatbuffer, firmware_model, plan)
     ram_static = sum(sections.get(s, 0) for s in (".data", ".tdata", ".tbss", ".bss"))
@@ -106,10 +92,3 @@ def measure(name: str, flatbuffer: bytes, workdir: Path, inputs=None, **generate
         "ram_used": int(stats["arena_bytes"]) + int(stats["stack_bytes"]) + ram_static - budget.arena,
         "bit_exact": exact, "readme": (project / "README.md").read_text(),
     }
-
-
-def micro_project_model(project: Path) -> bytes:
-    """The flatbuffer a generated project embeds (model_data.cc's array)."""
-    text = (project / "model_data.cc").read_text()
-    body = re.search(r"g_model_data\[\] = \{\n(.*?)\n\};", text, re.S).group(1)
-    return bytes(int(v, 16) for v in re.findall(r"0x[0-9a-f]{2}", body))

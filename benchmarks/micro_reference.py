@@ -5,7 +5,7 @@ instruction counts of int8 reference kernels barely depend on the weights), this
 generates a firmware project, builds it with real TFLM, runs it in QEMU with exact
 instruction counting (-icount shift=0), and records flash, RAM and instructions.
 
-    TFLQ_TFLM_ROOT=/work/deps TFLQ_TFLM_COMMIT=90b983c2 \
+    TFLQ_TFLM_ARCHIVE=../shared/deps/tflm-deps-90b983c2.tar.gz \
         .venv/bin/python benchmarks/micro_reference.py   # writes docs/benchmarks/micro_reference.md
 """
 import tempfile

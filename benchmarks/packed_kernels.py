@@ -11,7 +11,7 @@ model:
 2. Fashion-MNIST MLP (784-50-10) and the demo CNN, trained: float, then QAT per scheme
    with every layer low-bit; TFLite int8 accuracy on the 10,000 test images.
 
-    TFLQ_TFLM_ROOT=/work/deps TFLQ_TFLM_COMMIT=90b983c2 \\
+    TFLQ_TFLM_ARCHIVE=../shared/deps/tflm-deps-90b983c2.tar.gz \\
         .venv/bin/python benchmarks/packed_kernels.py [--float_epochs 3 --qat_epochs 1]
 Writes docs/benchmarks/packed_kernels.{md,json}.
 """

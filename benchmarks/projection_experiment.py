@@ -11,7 +11,7 @@ host interpreter against tf.lite, builds each model as FE310 firmware (the model
 RAM when it fits) and measures RAM in QEMU, and runs an accuracy firmware that
 computes the profiles on the device from raw uint8 images.
 
-    TFLQ_TFLM_ROOT=/work/deps TFLQ_TFLM_COMMIT=90b983c2 \\
+    TFLQ_TFLM_ARCHIVE=../shared/deps/tflm-deps-90b983c2.tar.gz \\
         .venv/bin/python benchmarks/projection_experiment.py
     .venv/bin/python benchmarks/projection_experiment.py --no_firmware   # host only
 
@@ -430,7 +430,7 @@ def main():
     root = None if args.no_firmware else tflm.source_root()
     command = " ".join(["benchmarks/projection_experiment.py", *sys.argv[1:]])
     if not args.no_firmware:
-        command = f"TFLQ_TFLM_ROOT=... TFLQ_TFLM_COMMIT=... .venv/bin/python {command}"
+        command = f"TFLQ_TFLM_ARCHIVE=... .venv/bin/python {command}"
     else:
         command = f".venv/bin/python {command}"
     results = {"meta": {"command": command,

@@ -27,6 +27,7 @@ _GLUE = ("tflm/tflq_ops.h", "tflm/int8_common.cc")
 
 @dataclasses.dataclass(frozen=True)
 class KernelPlan:
+    kernels: str  # the choice asked for: "tflq" or "reference"
     builtin_ops: tuple[str, ...]  # builtin op names, sorted
     packed: bool  # the model uses TFLQ_PACKED
     rv32_int8: tuple[str, ...]  # builtin ops running tflq's rv32 int8 kernels
@@ -54,15 +55,12 @@ class KernelPlan:
         return sorted(p for p in self.project_files if p.endswith((".c", ".cc")))
 
 
-def _int8_only(model, op) -> bool:
-    sg = model.subgraphs[0]
-    return all(sg.tensors[i].type == fb.schema.TensorType.INT8
-               for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
-
-
 def plan(flatbuffer: bytes, kernels: str = "tflq") -> KernelPlan:
-    """The kernels of ``flatbuffer``'s ops. tflq's int8 kernels are used only where every
-    operator of that type is int8 x int8 (otherwise TFLM's reference one, noted)."""
+    """The kernels of ``flatbuffer``'s ops. tflq's int8 kernel for an op type is used only
+    where every operator of that type is a layer it runs: int8 x int8 and within the
+    limits its Prepare checks (``packing.layer_of_op``: e.g. at most 64 depthwise taps,
+    no grouped convolution). Otherwise that op type keeps TFLM's reference kernel, and
+    the note says which layer and why."""
     if kernels not in KERNEL_CHOICES:
         raise TflqError(f"unknown kernels {kernels!r}: choose one of {', '.join(KERNEL_CHOICES)}")
     model = fb.load(bytes(flatbuffer))
@@ -72,12 +70,17 @@ def plan(flatbuffer: bytes, kernels: str = "tflq") -> KernelPlan:
     tflm.kernels_for(builtin)  # names any op tflq cannot build
     rv32, notes = [], []
     if kernels == "tflq":
+        sg = model.subgraphs[0]
         for op_name in sorted(set(builtin) & set(RV32_INT8)):
-            ops = [op for op, n in zip(model.subgraphs[0].operators, names) if n == op_name]
-            if all(_int8_only(model, op) for op in ops):
+            ops = [op for op, n in zip(sg.operators, names) if n == op_name]
+            refused = [(op, why) for op in ops
+                       if isinstance(why := packing.layer_of_op(model, op), str)]
+            if not refused:
                 rv32.append(op_name)
             else:
-                notes.append(f"{op_name} keeps TFLM's reference kernel (not all int8 x int8)")
+                op, why = refused[0]
+                layer = (sg.tensors[op.outputs[0]].name or b"?").decode(errors="replace")
+                notes.append(f"{op_name} keeps TFLM's reference kernel ({layer!r}: {why})")
     replaced = {tflm._KERNELS + RV32_INT8[op] + ".cc" for op in rv32}
     sources = tuple(s for s in tflm.kernel_sources(builtin) if s not in replaced)
     files = {}
@@ -96,4 +99,4 @@ def plan(flatbuffer: bytes, kernels: str = "tflq") -> KernelPlan:
     if not parts:
         parts.append("TFLM reference kernels")
     note = "; ".join(parts + notes)
-    return KernelPlan(builtin, packed, tuple(rv32), sources, files, note)
+    return KernelPlan(kernels, builtin, packed, tuple(rv32), sources, files, note)

@@ -98,3 +98,19 @@ def cut_at(flatbuffer: bytes, tensor_index: int) -> bytes:
     model = load(flatbuffer)
     model.subgraphs[0].outputs = [tensor_index]
     return dump(model)
+
+
+LAYER_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TFLQ_PACKED")
+
+
+def weight_bytes(flatbuffer: bytes) -> int:
+    """Bytes of FC / conv weights and biases (int8 tensors) or packed blobs in the model."""
+    model = load(flatbuffer)
+    sg = model.subgraphs[0]
+    total = 0
+    for op in sg.operators:
+        if op_name(model, op) in LAYER_OPS:
+            for i in op.inputs[1:]:
+                data = model.buffers[sg.tensors[i].buffer].data if i >= 0 else None
+                total += 0 if data is None else len(data)
+    return total

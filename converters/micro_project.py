@@ -16,6 +16,7 @@ tests/test_firmware_qemu.py; the firmware's arena array is that size.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ import numpy as np
 
 from absl import logging
 
-from converters import firmware_kernels, packing, tflm, toolchain
+from converters import firmware_kernels, firmware_run, packing, tflm, toolchain
 from converters import flatbuffer as fb
 from tflq.errors import TflqError
 
@@ -454,6 +455,17 @@ def _render_files(flatbuffer, io, plan, inputs, budget, board,
         files[f"fe310/{name}"] = path.read_bytes()
     files.update(plan.project_files)
     files.update(_bazel_files(values, plan))
+    # The flatbuffer the firmware embeds, and the decisions it was built with: what the
+    # host reference needs to run the same model with the same kernels.
+    files[firmware_run.MODEL_FILE] = bytes(flatbuffer)
+    files[firmware_run.PROJECT_JSON] = json.dumps({
+        "model_name": io.name, "board": board, "kernels": plan.kernels,
+        "kernels_note": plan.note, "builtin_ops": list(plan.builtin_ops),
+        "packed": plan.packed, "rv32_int8": list(plan.rv32_int8),
+        "packing": lines, "model_in_ram": model_in_ram,
+        "accuracy_firmware": variant is not None, "num_test_inputs": int(len(inputs)),
+        "budget": dataclasses.asdict(budget), "ram_bytes": RAM_BYTES,
+        "tflm_commit": tflm.TFLM_COMMIT}, indent=2) + "\n"
     return files
 
 

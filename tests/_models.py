@@ -67,6 +67,15 @@ def wide_cnn(side=48, filters=16, classes=10):
                              L.GlobalAveragePooling2D(), L.Dense(classes)], name="wide_cnn")
 
 
+def autoencoder(inputs=128, hidden=64, bottleneck=8):
+    """MLPerf Tiny's anomaly-detection shape, ten Dense layers, scaled from 640-128 to
+    128-64: TFLM's FULLY_CONNECTED keeps 8 B of multiplier and shift per output
+    channel in the arena, 13 KiB for the full size, which leaves no room in 16 KiB."""
+    widths = [hidden] * 4 + [bottleneck] + [hidden] * 4
+    layers = [L.InputLayer((inputs,))] + [L.Dense(w, activation="relu") for w in widths]
+    return keras.Sequential(layers + [L.Dense(inputs)], name="autoencoder")
+
+
 def to_int8_tflite(model, seed=0, samples=32) -> bytes:
     """Full-integer flatbuffer with int8 input and output, calibrated on random data."""
     rng = np.random.default_rng(seed)
@@ -88,7 +97,7 @@ def build(name: str, seed=0) -> bytes:
 
 BUILDERS = {"mlp": mlp, "small_cnn": small_cnn, "fashion_cnn": fashion_cnn,
             "dw_softmax": dw_softmax, "dw_large": dw_large, "residual": residual,
-            "wide_cnn": wide_cnn}
+            "wide_cnn": wide_cnn, "autoencoder": autoencoder}
 
 
 def random_inputs(flatbuffer: bytes, count: int, seed=1) -> np.ndarray:

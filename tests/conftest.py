@@ -37,3 +37,34 @@ def trained_conv_bn(digits):
 
 def accuracy(model, x, y) -> float:
     return float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
+
+
+@pytest.fixture(scope="session")
+def firmware_tools():
+    """TFLM sources (converters.tflm_sources: TFLQ_TFLM_ROOT, TFLQ_TFLM_ARCHIVE or the
+    pinned downloads), the riscv toolchain and QEMU; skips naming what is missing."""
+    from converters import tflm, toolchain
+    from tflq.errors import TflqError
+
+    try:
+        root = tflm.source_root()
+        toolchain.find_toolchain()
+        toolchain.find_qemu()
+    except TflqError as e:
+        pytest.skip(f"firmware test needs TFLM sources, riscv gcc and QEMU: {e}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_models():
+    """The corpus of real int8 models (TFLM's examples, MLPerf Tiny): $TFLQ_MODELS_DIR, else
+    ../shared/models beside the checkout; skips naming both when neither exists."""
+    import os
+    from pathlib import Path
+
+    folder = Path(os.environ.get("TFLQ_MODELS_DIR")
+                  or Path(__file__).resolve().parents[2] / "shared" / "models")
+    if not folder.is_dir():
+        pytest.skip(f"no model corpus at {folder}: set TFLQ_MODELS_DIR to a folder of .tflite "
+                    "files (see ../shared/models/README.md)")
+    return folder

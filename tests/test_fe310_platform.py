@@ -1,5 +1,4 @@
 """The FE310 platform layer (micro/fe310) built with the real toolchain and run in QEMU."""
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -166,11 +165,9 @@ def test_board_build_never_exits_and_run_qemu_times_out(tc, tmp_path):
         toolchain.run_qemu(elf, timeout_s=5)
 
 
-def test_tflm_port_hooks(tc, tmp_path):
-    root = os.environ.get("TFLQ_TFLM_ROOT")
-    if not root:
-        pytest.skip("TFLQ_TFLM_ROOT is not set (a directory holding tflite-micro/)")
-    tflm = Path(root) / "tflite-micro"
+@pytest.mark.firmware
+def test_tflm_port_hooks(tc, tmp_path, firmware_tools):
+    tflm = Path(firmware_tools) / "tflite-micro"
     main = ("port_main.cc",
             '#include <cstdint>\n'
             '#include <cstdio>\n'

@@ -1,30 +1,27 @@
 """The accuracy firmware (``generate_project(eval_images=...)``) and the model in RAM.
 
-Gated (needs TFLM sources, $TFLQ_TFLM_ROOT): a small log3 projection-profiles MLP
+Firmware (needs TFLM sources, riscv gcc, QEMU): a small log3 projection-profiles MLP
 trained on Fashion-MNIST, its flatbuffer in RAM, computes the int8 features from raw
 uint8 images on the device (micro/features/projection_profiles.c) and predicts them in
-QEMU: image by image the same as TFLM's host interpreter on
+QEMU: image by image the same as the host reference on
 converters.features.int8_profiles, and RAM within 16 KiB.
 
-Ungated: ``model_in_ram`` puts the model's bytes into the RAM budget, and a model too
+Host only: ``model_in_ram`` puts the model's bytes into the RAM budget, and a model too
 big for RAM is refused with the numbers and nothing written.
 """
-import os
 import re
 
 import numpy as np
 import pytest
 
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from converters import features, micro_project, tflm, tflm_host
+from converters import features, firmware_run, micro_project
 from tflq.errors import TflqError
 
 NUM_IMAGES = 200
 BINS = 16
 
-needs_tflm = pytest.mark.skipif(
-    not os.environ.get(tflm.ROOT_ENV),
-    reason=f"{tflm.ROOT_ENV} is not set: no TFLM sources to build firmware from")
+needs_tflm = pytest.mark.usefixtures("firmware_tools")
 
 
 def _int8(model, seed=0):
@@ -122,37 +119,37 @@ def log3_profiles_model():
     return tflq.convert(qat), images, y_test[:NUM_IMAGES]
 
 
+@pytest.mark.firmware
+@pytest.mark.slow
 @needs_tflm
 def test_accuracy_firmware_matches_host_image_by_image(log3_profiles_model, tmp_path):
     import tflq
-    from test_firmware_qemu import build_and_run, ram_sections
+    from test_firmware_qemu import build_and_run
 
     flatbuffer, images, labels = log3_profiles_model
     project = micro_project.generate_project(
         flatbuffer, tmp_path / "eval", model_in_ram=True, eval_images=images,
         eval_labels=labels, feature="projection_profiles")
     run = build_and_run(project, timeout_s=600)
-    assert run.exit_code == 0, run.uart_text[-2000:]
+    assert run.exit_code == 0, run.tail()
 
-    preds = np.array([[int(v) for v in m.groups()] for m in
-                      re.finditer(r"^PRED (\d+) (\d+) (\d+)$", run.uart_text, re.M)])
-    assert preds.shape == (NUM_IMAGES, 3), run.uart_text[-2000:]
+    preds = run.preds
+    assert preds is not None and preds.shape == (NUM_IMAGES, 3), run.uart_text[-2000:]
     np.testing.assert_array_equal(preds[:, 0], np.arange(NUM_IMAGES))
     np.testing.assert_array_equal(preds[:, 1], labels)
 
     in_q, _ = tflq.io_quantization(flatbuffer)
     inputs = features.int8_profiles(images, BINS, in_q.scale, in_q.zero_point)
-    host = tflm_host.predict(flatbuffer, inputs).argmax(-1)
-    np.testing.assert_array_equal(preds[:, 2], host, err_msg=tflm.commits_note(tflm.source_root()))
+    host_outputs, reference = firmware_run.host_reference(project, inputs)
+    host = host_outputs.argmax(-1)
+    np.testing.assert_array_equal(preds[:, 2], host, err_msg=reference)
     correct = int(np.sum(host == labels))
     assert re.search(rf"^ACCURACY {correct}/{NUM_IMAGES}$", run.uart_text, re.M)
     assert correct / NUM_IMAGES > 0.6
 
     # RAM: the stack the linker reserves + .data (the model included) + .bss.
-    stats = dict(re.findall(r"(\w+)=(\d+)", re.search(r"^STATS .*$", run.uart_text,
-                                                      re.M).group(0)))
-    elf = project / "build/hifive1-reva-qemu/firmware.elf"
-    static, arena = ram_sections(elf)
+    stats = run.stats
+    static, arena = firmware_run.ram_sections(run.elf)
     budget_stack = int(re.search(r"^STACK_BYTES := (\d+)$", (project / "Makefile").read_text(),
                                  re.M).group(1))
     assert static >= len(flatbuffer)  # the model is in .data
@@ -161,6 +158,7 @@ def test_accuracy_firmware_matches_host_image_by_image(log3_profiles_model, tmp_
     assert budget_stack + static <= micro_project.RAM_BYTES
 
 
+@pytest.mark.firmware
 @needs_tflm
 def test_accuracy_firmware_on_int8_inputs_with_the_model_in_flash(tmp_path):
     """feature=None: the eval images are the model's int8 inputs (no feature code)."""
@@ -168,16 +166,14 @@ def test_accuracy_firmware_on_int8_inputs_with_the_model_in_flash(tmp_path):
 
     flatbuffer = _int8(_models.mlp(inputs=48, hidden=16))
     inputs = np.random.default_rng(2).integers(-128, 128, (24, 48), dtype=np.int8)
-    host = tflm_host.predict(flatbuffer, inputs).argmax(-1)
     labels = np.arange(24) % 10
     project = micro_project.generate_project(flatbuffer, tmp_path / "int8_eval",
                                              eval_images=inputs, eval_labels=labels)
     assert not (project / "tflq_kernels/projection_profiles.c").exists()
     assert "__attribute__" not in (project / "model_data.cc").read_text()
     run = build_and_run(project)
-    assert run.exit_code == 0, run.uart_text[-2000:]
-    preds = np.array([int(m.group(1)) for m in
-                      re.finditer(r"^PRED \d+ \d+ (\d+)$", run.uart_text, re.M)])
-    np.testing.assert_array_equal(preds, host)
+    assert run.exit_code == 0, run.tail()
+    host = firmware_run.host_reference(project, inputs)[0].argmax(-1)
+    np.testing.assert_array_equal(run.preds[:, 2], host)
     assert re.search(rf"^ACCURACY {int(np.sum(host == labels))}/24$", run.uart_text, re.M)
     assert "FEATURES" not in run.uart_text

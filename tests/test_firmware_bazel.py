@@ -1,7 +1,8 @@
 """Generated firmware projects build with Bazel (Debian's 4.2.3, offline) as they do with Make.
 
-The Bazel builds need `bazel`, $TFLQ_TFLM_ROOT, riscv64-unknown-elf-gcc and
-qemu-system-riscv32. TFLM's objects are shared between projects and runs through the
+The Bazel builds need `bazel`, TFLM sources (converters.tflm_sources),
+riscv64-unknown-elf-gcc and qemu-system-riscv32; the outputs must equal the host
+reference (TFLM built for the host from the same sources). TFLM's objects are shared between projects and runs through the
 disk cache the project's .bazelrc names; a cold run compiles TFLM once (about a minute
 on two cores).
 """
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from converters import firmware_kernels, micro_project, tflm, tflm_host, toolchain
+from converters import firmware_kernels, firmware_run, micro_project, tflm, tflm_sources, toolchain
 
 NUM_INPUTS = 8
 STATS = re.compile(r"^STATS instructions_per_inference=(\d+) arena_bytes=(\d+) "
@@ -79,17 +80,17 @@ def _require_bazel():
     if not shutil.which("bazel"):
         pytest.skip("bazel is not installed (Debian: apt-get install bazel-bootstrap "
                     "bazel-rules-java)")
-    if not os.environ.get(tflm.ROOT_ENV):
-        pytest.skip(f"{tflm.ROOT_ENV} is not set: no TFLM sources to build firmware from")
 
 
 def bazel_build(project: Path, output_base: Path, *targets: str) -> None:
-    """`bazel build --config=fe310` in the project (niced, two jobs: the machine is shared)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    """`bazel build --config=fe310` in the project (niced, two jobs: the machine is shared),
+    with the TFLM tree tflq found as $TFLQ_TFLM_ROOT."""
     cmd = ["nice", "-n", "10", "bazel", "--batch",
-           f"--output_user_root={cache / 'tflq' / 'bazel'}", f"--output_base={output_base}",
-           "build", "--config=fe310", "--jobs=2", *targets]
-    done = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=900)
+           f"--output_user_root={tflm_sources.cache_dir() / 'bazel'}",
+           f"--output_base={output_base}", "build", "--config=fe310", "--jobs=2",
+           f"--disk_cache={tflm_sources.cache_dir() / 'bazel-disk-cache'}", *targets]
+    env = dict(os.environ, **{tflm.ROOT_ENV: str(tflm.source_root())})
+    done = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=900, env=env)
     log = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
                     if "linux-sandbox" not in line)
     assert done.returncode == 0, f"`{' '.join(cmd)}` failed:\n{log[-4000:]}"
@@ -102,7 +103,7 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def bazel_project(tmp_path_factory):
+def bazel_project(tmp_path_factory, firmware_tools):
     """name -> the model's project, generated and built with Bazel once per module."""
     _require_bazel()
     built = {}
@@ -129,11 +130,11 @@ def test_bazel_firmware_matches_host_interpreter_bit_for_bit(bazel_project, name
     built = bazel_project(name)
     run = toolchain.run_qemu(built.bin / "firmware_qemu", timeout_s=300)
     assert run.exit_code == 0, run.uart_text[-2000:]
-    expected = tflm_host.predict(built.flatbuffer, built.inputs).reshape(NUM_INPUTS, -1)
+    expected, reference = firmware_run.host_reference(built.project, built.inputs)
     want = [f"OUTPUT {k} " + " ".join(map(str, row.tolist())) for k, row in enumerate(expected)]
     assert output_lines(run.uart_text) == want, (
-        f"{name}: the Bazel-built firmware differs from the host interpreter; "
-        + tflm.commits_note(tflm.source_root()))
+        f"{name}: the Bazel-built firmware differs from the host reference; "
+        + tflm.commits_note(tflm.source_root(), reference))
     stats = STATS.search(run.uart_text)
     assert stats, run.uart_text[-500:]
     instructions, arena, stack = map(int, stats.groups())

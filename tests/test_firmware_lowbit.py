@@ -1,22 +1,18 @@
 """A tflq QAT model with low-bit weights, end to end: QAT -> int8 TFLite (levels exact)
 -> FE310 firmware in QEMU, bit-exact with TFLM's host interpreter and within one
-step of tf.lite's reference kernels. Needs TFLM sources ($TFLQ_TFLM_ROOT)."""
-import os
-
+step of tf.lite's reference kernels. Needs TFLM sources, riscv gcc and QEMU."""
 import numpy as np
 import pytest
 
 import tflq
 from conftest import conv_bn_model
-from converters import micro_project, tflm, tflm_host
+from converters import firmware_run, micro_project, tflm_host
 from converters.tflite import low_bit_layers
-from test_firmware_qemu import build_and_run, outputs
+from test_firmware_qemu import build_and_run
 from tflq import models, pipeline
 from tflq.schemes import Scheme
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get(tflm.ROOT_ENV),
-    reason=f"{tflm.ROOT_ENV} is not set: no TFLM sources to build firmware from")
+pytestmark = [pytest.mark.firmware, pytest.mark.usefixtures("firmware_tools")]
 
 
 @pytest.mark.parametrize("scheme", ["log3", "ternary"])
@@ -33,9 +29,9 @@ def test_low_bit_firmware_is_bit_exact(scheme, trained_conv_bn, digits, tmp_path
     inputs = tflq.io_quantization(flatbuffer)[0].quantize(x)
     project = micro_project.generate_project(flatbuffer, tmp_path / scheme, test_inputs=inputs)
     run = build_and_run(project)
-    assert run.exit_code == 0, run.uart_text[-2000:]
-    device = np.stack([outputs(run.uart_text)[k] for k in range(len(x))])
-    host = tflm_host.predict(flatbuffer, inputs).astype(np.int64)
-    assert np.array_equal(device, host), tflm.commits_note(tflm.source_root())
-    reference = pipeline.tflite_predict(flatbuffer, x).astype(np.int64)
-    assert np.abs(device - reference).max() <= 1
+    assert run.exit_code == 0, run.tail()
+    firmware_run.check_bit_exact(run, inputs)  # the packed model, tflq kernels, on the host
+    host = tflm_host.predict(flatbuffer, inputs)  # the int8 model, TFLM's reference kernels
+    assert np.array_equal(run.outputs, host)
+    reference = pipeline.tflite_predict(flatbuffer, x).astype(np.int64).reshape(len(x), -1)
+    assert np.abs(run.outputs - reference).max() <= 1

@@ -1,24 +1,22 @@
 """Packed low-bit firmware (TFLQ_PACKED ops) is bit-exact with the int8 model.
 
 For each model and codebook, the FC / CONV_2D / DEPTHWISE_CONV_2D weights are drawn
-from the codebook; the packed firmware's OUTPUT lines must equal the TFLM host
-interpreter's on the unpacked int8 model (and, for one codebook, the unpacked int8
-firmware on TFLM's reference kernels). Corrupt packed tensors are refused at Prepare.
-Needs TFLM sources ($TFLQ_TFLM_ROOT), riscv64-unknown-elf-gcc and QEMU.
+from the codebook; the packed firmware's OUTPUT lines must equal the host reference
+on the packed model with tflq's kernels (the same sources and kernels built for the
+host), TFLM's reference kernels on the unpacked int8 model, and, for one codebook,
+the unpacked int8 firmware on TFLM's reference kernels. Corrupt packed tensors are
+refused at Prepare. Needs TFLM sources, riscv64-unknown-elf-gcc and QEMU.
 """
-import os
 import re
 
 import numpy as np
 import pytest
 
 import _models
-from converters import micro_project, packing, tflm, tflm_host
-from test_firmware_qemu import build_and_run, outputs
+from converters import firmware_run, micro_project, packing, tflm_host
+from test_firmware_qemu import build_and_run
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get(tflm.ROOT_ENV),
-    reason=f"{tflm.ROOT_ENV} is not set: no TFLM sources to build firmware from")
+pytestmark = [pytest.mark.firmware, pytest.mark.usefixtures("firmware_tools")]
 
 NUM_INPUTS = 32
 CODEBOOKS = {  # int8 levels -> the encoding the packer must choose
@@ -33,9 +31,9 @@ CODEBOOKS = {  # int8 levels -> the encoding the packer must choose
 
 def device_outputs(project, count):
     run = build_and_run(project)
-    assert run.exit_code == 0, run.uart_text[-2000:]
-    got = outputs(run.uart_text)
-    return np.stack([got[k] for k in range(count)]), run.uart_text
+    assert run.exit_code == 0, run.tail()
+    assert run.outputs.shape[0] == count, run.tail()
+    return run
 
 
 @pytest.mark.parametrize("codebook", list(CODEBOOKS))
@@ -54,17 +52,17 @@ def test_packed_firmware_is_bit_exact(name, codebook, tmp_path):
     if name == "dw_large":
         assert re.search(r"DEPTHWISE_CONV_2D .*packed as", readme), readme
 
-    device, _ = device_outputs(project, NUM_INPUTS)
-    host = tflm_host.predict(flatbuffer, inputs).reshape(NUM_INPUTS, -1).astype(np.int64)
-    differ = [k for k in range(NUM_INPUTS) if not np.array_equal(device[k], host[k])]
-    assert not differ, (f"{name}/{codebook}: packed firmware differs from the host on inputs "
-                        f"{differ}; " + tflm.commits_note(tflm.source_root()))
+    run = device_outputs(project, NUM_INPUTS)
+    firmware_run.check_bit_exact(run, inputs)  # packed model, tflq kernels, on the host
+    int8_host = tflm_host.predict(flatbuffer, inputs, kernels="reference")
+    differ = firmware_run.mismatches(run.outputs, int8_host)
+    assert not differ, (f"{name}/{codebook}: packed firmware differs from TFLM's reference "
+                        f"kernels on the int8 model for inputs {differ}")
 
     if codebook == "ternary":  # and equal to the unpacked int8 firmware (reference kernels)
         plain = micro_project.generate_project(flatbuffer, tmp_path / "int8", test_inputs=inputs,
                                                pack=False, kernels="reference")
-        int8_device, _ = device_outputs(plain, NUM_INPUTS)
-        np.testing.assert_array_equal(device, int8_device)
+        np.testing.assert_array_equal(run.outputs, device_outputs(plain, NUM_INPUTS).outputs)
 
 
 def _corrupt_model_data(project, flatbuffer, corrupt):
@@ -90,5 +88,6 @@ def test_corrupt_packed_tensor_is_refused_at_prepare(what, corrupt, message, tmp
     _corrupt_model_data(project, flatbuffer, corrupt)
     run = build_and_run(project)
     assert run.exit_code != 0, f"{what}: firmware ran a corrupt packed tensor"
+    assert run.outputs is None
     assert "TFLQ_PACKED:" in run.uart_text and message in run.uart_text, run.uart_text[-1000:]
     assert "OUTPUT" not in run.uart_text

@@ -1,4 +1,5 @@
 """generate_project: files, ops, embedded data, RAM budget, atomic writes. No TFLM needed."""
+import json
 import re
 import shutil
 import subprocess
@@ -22,7 +23,9 @@ PROJECT_FILES = {
     "WORKSPACE", ".bazelrc", "BUILD", "fe310/BUILD", "bazel/BUILD", "bazel/tflm.bzl",
     "bazel/toolchain/BUILD", "bazel/toolchain/cc_toolchain_config.bzl",
     "bazel/rules_cc_shim/WORKSPACE", "bazel/rules_cc_shim/BUILD", "bazel/rules_cc_shim/cc/BUILD",
-    "bazel/rules_cc_shim/cc/defs.bzl"}
+    "bazel/rules_cc_shim/cc/defs.bzl",
+    # the firmware's own flatbuffer and the generator's decisions (converters.firmware_run)
+    "model.tflite", "tflq_project.json"}
 # tflq's kernels for a FULLY_CONNECTED-only int8 model (kernels="tflq", the default).
 RV32_FC_FILES = {f"tflq_kernels/{n}" for n in (
     "tflq_kernels.h", "layer_check.c", "layer_eval.c", "tflq_ops.h", "int8_common.cc",
@@ -36,8 +39,9 @@ def models():
 
 @pytest.fixture(autouse=True)
 def no_tflm_sources(monkeypatch):
-    """Generating must not need the TFLM sources (CI has none)."""
+    """Generating must not need the TFLM sources."""
     monkeypatch.delenv(tflm.ROOT_ENV, raising=False)
+    monkeypatch.delenv(tflm.ARCHIVE_ENV, raising=False)
 
 
 def tflite_op_names(flatbuffer):
@@ -74,6 +78,10 @@ def test_project_holds_model_ops_and_data(models, tmp_path):
     test_cc = (out / "test_data.cc").read_text()
     assert np.array_equal(parse_c_array(test_cc, "g_test_inputs"), inputs.reshape(-1))
     assert "kNumTestInputs = 5;" in (out / "test_data.h").read_text()
+    assert (out / "model.tflite").read_bytes() == flatbuffer
+    info = json.loads((out / "tflq_project.json").read_text())
+    assert info["kernels"] == "tflq" and info["rv32_int8"] == ["FULLY_CONNECTED"]
+    assert info["num_test_inputs"] == 5 and info["budget"]["arena"] > 0
 
 
 @pytest.mark.parametrize("choice", ["reference", "tflq"])
@@ -184,9 +192,16 @@ def test_default_self_test_input_is_the_zero_point(models, tmp_path):
     assert parse_c_array((out / "test_data.cc").read_text(), "g_test_inputs") == [zero_point] * 64
 
 
-def test_missing_tflm_root_names_the_variable():
-    with pytest.raises(TflqError, match=tflm.ROOT_ENV):
+def test_missing_tflm_sources_name_what_to_set(monkeypatch, tmp_path):
+    from converters import tflm_sources
+    monkeypatch.setenv(tflm_sources.CACHE_ENV, str(tmp_path / "cache"))
+    offline = tuple(d.with_url(f"file://{tmp_path}/absent-{d.name}.tar.gz")
+                    for d in tflm_sources.DOWNLOADS)
+    monkeypatch.setattr(tflm_sources, "DOWNLOADS", offline)
+    with pytest.raises(TflqError) as e:
         tflm.source_root()
+    message = str(e.value)
+    assert tflm.ROOT_ENV in message and tflm.ARCHIVE_ENV in message and "\n" not in message
     assert tflm.source_root(required=False) is None
 
 
@@ -205,3 +220,18 @@ def test_makefile_without_tflm_root_says_what_to_set(models, tmp_path):
     done = subprocess.run(["make", "-n", "-C", str(out)], capture_output=True, text=True)
     assert done.returncode != 0 and "TFLQ_TFLM_ROOT is not set" in done.stderr
     assert subprocess.run(["make", "-C", str(out), "clean"], capture_output=True).returncode == 0
+
+
+def test_kernel_plan_keeps_reference_kernels_for_layers_tflq_kernels_refuse():
+    """A 10x8 depthwise kernel (80 taps, as in TFLM's micro_speech) is beyond tflq's
+    depthwise kernel: that op type keeps TFLM's, and the plan says which layer and why."""
+    from converters import firmware_kernels
+    L = _models.L
+    model = _models.keras.Sequential([L.InputLayer((49, 40, 1)),
+                                      L.DepthwiseConv2D((10, 8), strides=2, name="dw"),
+                                      L.Flatten(), L.Dense(4, name="fc")])
+    plan = firmware_kernels.plan(_models.to_int8_tflite(model))
+    assert plan.rv32_int8 == ("FULLY_CONNECTED",)
+    assert "depthwise_conv.cc" in " ".join(plan.tflm_sources)
+    assert "DEPTHWISE_CONV_2D keeps TFLM's reference kernel" in plan.note
+    assert "10x8 depthwise kernel (at most 64 taps)" in plan.note
