@@ -115,3 +115,40 @@ def test_inq_freezes_incrementally_and_ends_exact(trained_mixed, digits):
     assert shares == pytest.approx([0.5, 0.75, 0.875, 1.0], abs=0.01)
     layers = low_bit_layers(qat, tflq.convert(qat))
     assert len(layers) == 3 and all(l.ok and l.num_levels == 15 for l in layers)
+
+
+def activation_layers_model():
+    """The published-model idiom: Activation("relu") after Conv2D (+BN) and Dense, as in
+    MLPerf Tiny's autoencoder and ResNet-8, in a functional graph with a residual Add."""
+    x = inputs = L.Input((8, 8, 1))
+    x = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(x)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.Activation("relu", name="act1")(x)
+    y = L.Conv2D(8, 3, padding="same", name="conv2")(x)
+    y = L.Activation("relu", name="act2")(y)
+    x = L.Add(name="add")([x, y])
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dense(16, name="fc")(x)
+    x = L.Activation("relu", name="act_fc")(x)
+    return keras.Model(inputs, L.Dense(10, name="logits")(x), name="activations")
+
+
+def test_activation_layers_keep_the_scheme_weight_quantizer(digits):
+    (x_train, _), _ = digits
+    keras.utils.set_random_seed(0)
+    model = activation_layers_model()
+    model(x_train[:4])
+    scheme = Scheme(weights="log4", first_last_int8=False)
+    qat = tflq.quantize_model(model, scheme=scheme, calibration_data=x_train[:256])
+    flatbuffer = tflq.convert(qat)
+    layers = {l.layer: l for l in low_bit_layers(qat, flatbuffer)}
+    assert set(layers) == {"conv1", "conv2", "fc", "logits"}, layers
+    for layer in layers.values():  # the grid check: <= 15 distinct int8 values per channel
+        assert layer.ok and 1 < layer.max_levels_seen <= 15, layer
+
+
+def test_a_relu6_layer_after_a_conv_is_refused_naming_both():
+    model = keras.Sequential([L.InputLayer((8, 8, 1)), L.Conv2D(4, 3, name="c1"),
+                              L.ReLU(6.0, name="r6"), L.Flatten(), L.Dense(3, name="o")])
+    with pytest.raises(TflqError, match=r"layer 'c1' \(Conv2D\) got no weight quantizer.*'r6'"):
+        tflq.quantize_model(model, scheme="int8")

@@ -10,9 +10,11 @@ This is the only module that knows tfmot's wrappers. The path from
    that trains is the model that converts. tfmot keeps BN separate during training
    and folds it only in the converter, so its trained and converted weights differ
    (tfmot #549).
-3. ``fuse_relus``: a ReLU/ReLU6 layer after a linear Conv2D / DepthwiseConv2D /
-   Dense becomes that layer's activation, so one fake-quant follows the fused op,
-   as TFLite runs it.
+3. ``fuse_relus``: a ReLU layer, or an ``Activation("relu")``, after a
+   linear Conv2D / DepthwiseConv2D / Dense becomes that layer's activation, so one
+   fake-quant follows the fused op, as TFLite runs it. (Left apart, tfmot's 8-bit
+   transforms give such a layer no weight quantizer at all.) ``check_weight_quantizers``
+   then makes sure every Conv2D / DepthwiseConv2D / Dense got the scheme's.
 4. tfmot's ``quantize_annotate_layer`` + ``quantize_apply`` with its default 8-bit
    scheme: symmetric int8 weights (per-channel for Conv2D, per-tensor for Dense and
    DepthwiseConv2D, as tfmot does), asymmetric int8 activations with moving-average
@@ -74,6 +76,7 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> 
     annotated.set_weights(folded.get_weights())
     with quantize_scope():
         qat_model = tfmot.quantization.keras.quantize_apply(annotated)
+    check_weight_quantizers(folded, qat_model, configs)
     if calibration_data is not None:
         from tflq import calibration
         calibration.calibrate(qat_model, calibration_data)
@@ -146,26 +149,66 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
 
 
 def fuse_relus(model: keras.Model) -> keras.Model:
-    """Returns ``model`` with each ReLU / ReLU6 layer after a linear Conv2D /
-    DepthwiseConv2D / Dense (used by nothing else) made that layer's activation."""
-    if not any(isinstance(l, keras.layers.ReLU) for l in model.layers):
+    """Returns ``model`` with each plain ReLU layer or ``Activation("relu")`` after a linear Conv2D / DepthwiseConv2D / Dense (used by nothing else) made that
+    layer's activation."""
+    if not any(isinstance(l, (keras.layers.ReLU, keras.layers.Activation)) for l in model.layers):
         return model
-    fused, _ = model_transformer.ModelTransformer(model, [_FuseReLU()]).transform()
+    fused, _ = model_transformer.ModelTransformer(
+        model, [_FuseReLU("ReLU"), _FuseReLU("Activation")]).transform()
     return fused
 
 
+def check_weight_quantizers(model: keras.Model, qat_model: keras.Model, configs: dict) -> None:
+    """Raises TflqError naming each Conv2D / DepthwiseConv2D / Dense of ``model`` whose
+    kernel is not fake-quantized in ``qat_model`` as the scheme says (``configs``: the
+    low-bit layers by name; the others get tfmot's int8 quantizer)."""
+    found = {wrapper.layer.name: quantizer for wrapper, _, quantizer, _ in quantized_kernels(qat_model)}
+    problems = []
+    for layer in model.layers:
+        if type(layer).__name__ not in _FOLDABLE:
+            continue
+        quantizer = found.get(layer.name)
+        if quantizer is None:
+            after = [n.outbound_layer for n in layer._outbound_nodes]
+            relu = [l.name for l in after if isinstance(l, (keras.layers.ReLU,
+                                                            keras.layers.Activation))]
+            why = (f": it feeds {relu[0]!r}, and tfmot's LayerReLUQuantize transform drops "
+                   "the weight quantizer of a layer followed by a ReLU it cannot fuse "
+                   "(ReLU6, leaky or thresholded ReLU)" if relu else "")
+            problems.append(f"layer {layer.name!r} ({type(layer).__name__}) got no weight "
+                            f"quantizer from tfmot's 8-bit transforms{why}")
+        elif layer.name in configs and not isinstance(quantizer, LowBitWeightQuantizer):
+            problems.append(f"layer {layer.name!r} got {type(quantizer).__name__}, not the "
+                            "scheme's low-bit quantizer")
+    if problems:
+        raise TflqError("quantize_model would train without the scheme's weight quantization: "
+                        + "; ".join(problems) + ". Use a plain ReLU (activation='relu', "
+                        "ReLU() or Activation('relu')) there, or report the pattern to tflq.")
+
+
 class _FuseReLU(transforms.Transform):
+    """(Conv2D | DepthwiseConv2D | Dense, linear) -> ReLU or Activation  ==>  one layer."""
+
+    def __init__(self, layer_type: str):
+        self.layer_type = layer_type
+
     def pattern(self):
         return transforms.LayerPattern(
-            "ReLU", inputs=[transforms.LayerPattern("|".join(_FOLDABLE),
-                                                    config={"activation": "linear"})])
+            self.layer_type, inputs=[transforms.LayerPattern("|".join(_FOLDABLE),
+                                                             config={"activation": "linear"})])
 
     def replacement(self, match_layer):
         relu, layer_node = match_layer.layer["config"], match_layer.input_layers[0]
-        plain = relu.get("negative_slope", 0) == 0 and relu.get("threshold", 0) == 0
-        activation = {None: "relu", 6.0: "relu6"}.get(relu.get("max_value")) if plain else None
+        # Only a plain ReLU: tfmot's QuantizeAwareActivation has no relu6, and a
+        # ReLU(max_value=6) layer after the op is quantized (and fused by the converter).
+        if self.layer_type == "Activation":
+            activation = "relu" if relu.get("activation") == "relu" else None
+        else:
+            plain = (relu.get("negative_slope", 0) == 0 and relu.get("threshold", 0) == 0
+                     and relu.get("max_value") is None)
+            activation = "relu" if plain else None
         if activation is None:
-            return match_layer  # a leaky or clipped ReLU stays a layer of its own
+            return match_layer  # ReLU6, a leaky ReLU, tanh, ... stays a layer of its own
         cfg = dict(layer_node.layer["config"], activation=activation)
         return transforms.LayerNode(dict(layer_node.layer, config=cfg),
                                     weights=layer_node.weights,
