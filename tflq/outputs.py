@@ -14,6 +14,12 @@ import tempfile
 from tflq.errors import TflqError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_free(path: str, overwrite: bool, flag: str = "--overwrite") -> None:
     """Raises TflqError if ``path`` exists and may not be overwritten."""
     if os.path.lexists(path) and not overwrite:
@@ -28,6 +34,7 @@ def atomic_dir(path: str, overwrite: bool = False):
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 700: give it the user's mode
     try:
         yield tmp
         if os.path.lexists(path):
@@ -51,6 +58,7 @@ def write_bytes(path: str, data: bytes, overwrite: bool = False) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 600
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

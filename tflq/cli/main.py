@@ -3,15 +3,45 @@
     tflq train   --dataset=fashion_mnist --model=cnn --output_dir=out/demo
     tflq convert --keras_model=float.h5 --scheme=int8 --dataset=fashion_mnist --output=m.tflite
 """
+import contextlib
+import os
+import sys
+import tempfile
+
 from tflq import _env  # noqa: F401  -- before TensorFlow
 
 from absl import app
 
-from tflq.cli import convert, micro, report, train
-from tflq.errors import TflqError
 
-VERBS = {"train": train.main, "convert": convert.main, "micro": micro.main,
-         "report": report.main}
+@contextlib.contextmanager
+def _quiet_stderr():
+    """TensorFlow's C++ start-up lines (oneDNN, CUDA probes) go to file descriptor 2 while
+    it is imported; they are dropped unless the import itself fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+with _quiet_stderr():
+    import tensorflow  # noqa: E402  -- its start-up noise, once, here
+    tensorflow.config.list_physical_devices()  # and its CUDA probe's
+    from tflq.cli import convert, demo, micro, report, train  # noqa: E402
+
+from tflq.errors import TflqError  # noqa: E402
+
+VERBS = {"demo": demo.main, "train": train.main, "convert": convert.main,
+         "micro": micro.main, "report": report.main}
 
 
 def main(argv):

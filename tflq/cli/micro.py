@@ -61,4 +61,5 @@ def main():
     budget = micro_project.memory_budget(flatbuffer, firmware, plan)
     print(f"kernels: {plan.note}\n"
           f"wrote {out}: {budget.describe()}\n"
-          f"build: make -C {out}    run in QEMU: make -C {out} qemu   (needs TFLQ_TFLM_ROOT)")
+          f"build: make -C {out}    run in QEMU: make -C {out} qemu   (TFLQ_TFLM_ROOT: a "
+          f"folder with the TFLM sources; converters.tflm.source_root() unpacks one)")
