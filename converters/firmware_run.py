@@ -26,6 +26,7 @@ from tflq.errors import TflqError
 QEMU_ELF = "build/hifive1-reva-qemu/firmware.elf"
 PROJECT_JSON = "tflq_project.json"
 MODEL_FILE = "model.tflite"
+INPUTS_FILE = "test_inputs.npy"  # the self-test's inputs (count, input size) int8
 _OUTPUT = re.compile(r"^OUTPUT (\d+)((?: -?\d+)+)$", re.M)
 _PRED = re.compile(r"^PRED (\d+) (\d+) (\d+)$", re.M)
 _STATS = re.compile(r"^STATS (.*)$", re.M)
@@ -99,10 +100,13 @@ def project_info(project: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def host_reference(project: Path, inputs: np.ndarray) -> tuple[np.ndarray, str]:
+def host_reference(project: Path, inputs: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """(outputs, reference name): the project's own flatbuffer and kernel choice on the
-    host build of TFLM, one row of flattened outputs per input."""
+    host build of TFLM, one row of flattened outputs per input (default: the inputs the
+    project embeds)."""
     info = project_info(project)
+    if inputs is None:
+        inputs = np.load(Path(project) / INPUTS_FILE, allow_pickle=False)
     flatbuffer = (Path(project) / MODEL_FILE).read_bytes()
     interpreter = tflm_host.Interpreter(flatbuffer, info["kernels"], name=str(project))
     rows = [interpreter.invoke(x)[0].reshape(-1) for x in np.asarray(inputs)]
@@ -116,7 +120,7 @@ def mismatches(device: np.ndarray, host: np.ndarray) -> list[int]:
     return [k for k in range(len(host)) if not np.array_equal(device[k], host[k])]
 
 
-def check_bit_exact(run_: DeviceRun, inputs: np.ndarray) -> str:
+def check_bit_exact(run_: DeviceRun, inputs: np.ndarray | None = None) -> str:
     """Raises TflqError unless every OUTPUT line equals the host reference; returns the
     reference's name."""
     host, reference = host_reference(run_.project, inputs)

@@ -68,7 +68,7 @@ def op_name(model: "schema.ModelT", op) -> str:
     code = model.operatorCodes[op.opcodeIndex]
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
-        return code.customCode.decode()
+        return code.customCode.decode(errors="replace")
     return _OP_NAMES[builtin]
 
 
@@ -90,7 +90,8 @@ def tensor(model: "schema.ModelT", index: int, subgraph: int = 0) -> Tensor:
     q = t.quantization
     scale = np.asarray(q.scale if q is not None and q.scale is not None else [], np.float32)
     zp = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [], np.int64)
-    return Tensor(t.name.decode(), tuple(t.shape), data, scale, zp)
+    return Tensor(t.name.decode(errors="replace") if t.name else f"tensor {index}",
+                  tuple(t.shape), data, scale, zp)
 
 
 def cut_at(flatbuffer: bytes, tensor_index: int) -> bytes:

@@ -16,20 +16,21 @@ tests/test_firmware_qemu.py; the firmware's arena array is that size.
 from __future__ import annotations
 
 import dataclasses
+import io as io_module
 import json
-import os
 import re
-import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from absl import logging
 
 from converters import firmware_kernels, firmware_run, packing, tflm, toolchain
 from converters import flatbuffer as fb
+from converters import model as typed_model
+from tflq import outputs
 from tflq.errors import TflqError
 
 RAM_BYTES = 16 * 1024
@@ -88,7 +89,7 @@ def model_ops(flatbuffer: bytes) -> list[str]:
     return sorted({fb.op_name(model, op) for sg in model.subgraphs for op in sg.operators or []})
 
 
-def arena_upper_bound(flatbuffer: bytes) -> int:
+def arena_upper_bound(flatbuffer: bytes, name: str = "model") -> int:
     """Bytes of tensor arena the model needs on the 32-bit FE310, from above.
 
     TFLM's host interpreter (64-bit) reports head + tail of its arena. The head
@@ -101,19 +102,43 @@ def arena_upper_bound(flatbuffer: bytes) -> int:
     (firmware TFLM 90b983c2, host 8f6596d) on five models it overstates by 660-870 B,
     the price of needing neither TFLM sources nor a cross build to size the arena.
     """
-    from tflite_micro.python.tflite_micro import runtime
-
-    log = _capture_stderr(lambda: runtime.Interpreter.from_bytes(
-        flatbuffer, arena_size=_HOST_ARENA).print_allocations())
-    found = re.search(r"Arena allocation total (\d+) bytes", log.text)
-    if "Failed to resize buffer" in log.text:
-        raise TflqError(f"model needs more than {_HOST_ARENA // 2**20} MiB of tensor arena on "
+    log = _wheel_allocations(flatbuffer, name)
+    found = re.search(r"Arena allocation total (\d+) bytes", log)
+    if "Failed to resize buffer" in log:
+        raise TflqError(f"{name}: needs more than {_HOST_ARENA // 2**20} MiB of tensor arena on "
                         f"TFLM's host interpreter, far beyond the FE310's "
-                        f"{RAM_BYTES // 1024} KiB RAM: {log.text.strip().splitlines()[-1]}")
-    if log.error is not None or not found:
-        raise TflqError(f"TFLM's host interpreter ({tflm.HOST_WHEEL}) could not allocate the "
-                        f"model: {log.error or 'no arena figure printed'}\n{log.text.strip()}")
+                        f"{RAM_BYTES // 1024} KiB RAM: {log.strip().splitlines()[-1]}")
+    if not found:
+        raise TflqError(f"{name}: TFLM's host interpreter ({tflm.HOST_WHEEL}) could not "
+                        f"allocate it: {' '.join(log.split())[-500:] or 'no arena figure printed'}")
     return -(-int(found.group(1)) // 16) * 16
+
+
+# The wheel's interpreter reads the model in a child process: a model that crashes TFLM
+# (it checks less than tflq's entrance does) must not take the caller down with it.
+_ALLOCATE = """
+import sys
+from tflite_micro.python.tflite_micro import runtime
+data = open(sys.argv[1], "rb").read()
+try:
+    runtime.Interpreter.from_bytes(data, arena_size=int(sys.argv[2])).print_allocations()
+except Exception as e:
+    sys.stderr.write(f"{type(e).__name__}: {e}\\n")
+"""
+
+
+def _wheel_allocations(flatbuffer: bytes, name: str) -> str:
+    """What the wheel's TFLM logs allocating ``flatbuffer`` (stderr), from a child process."""
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+        f.write(flatbuffer)
+        f.flush()
+        done = subprocess.run([sys.executable, "-c", _ALLOCATE, f.name, str(_HOST_ARENA)],
+                              capture_output=True, text=True, timeout=300)
+    if done.returncode < 0:
+        raise TflqError(f"{name}: TFLM's host interpreter ({tflm.HOST_WHEEL}) crashed (signal "
+                        f"{-done.returncode}) allocating it: it is malformed in a way "
+                        "tflq's checks do not catch")
+    return done.stdout + done.stderr
 
 
 def stack_reservation(num_ops: int) -> int:
@@ -128,7 +153,8 @@ RV32_OPDATA_BYTES = 16
 
 
 def memory_budget(flatbuffer: bytes, firmware_flatbuffer: bytes | None = None,
-                  plan: "firmware_kernels.KernelPlan | None" = None) -> MemoryBudget:
+                  plan: "firmware_kernels.KernelPlan | None" = None,
+                  name: str = "model") -> MemoryBudget:
     """RAM of the firmware running ``firmware_flatbuffer`` (default: ``flatbuffer``).
 
     The arena bound comes from TFLM's host interpreter on the int8 ``flatbuffer``
@@ -138,7 +164,7 @@ def memory_budget(flatbuffer: bytes, firmware_flatbuffer: bytes | None = None,
     kernels' per-channel arrays, so this stays an upper bound.
     """
     firmware_flatbuffer = flatbuffer if firmware_flatbuffer is None else firmware_flatbuffer
-    host = arena_upper_bound(flatbuffer)
+    host = arena_upper_bound(flatbuffer, name)
     extra = 0
     if plan is not None:
         if plan.packed:
@@ -194,18 +220,19 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
         raise TflqError(f"unknown target {target!r}: tflq generates firmware for 'fe310' only")
     if board not in BOARDS:
         raise TflqError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
-    if out_dir.exists() and not overwrite:
-        raise TflqError(f"{out_dir} already exists: pass overwrite=True to replace it")
+    outputs.check_free(str(out_dir), overwrite, flag="overwrite=True")
     flatbuffer = bytes(flatbuffer)
-    io = _io_tensors(flatbuffer, model_name or out_dir.name)
+    # The entrance: a valid model (one line if not), then ops and types, then the fit,
+    # then the inputs.
+    checked = typed_model.read(flatbuffer, model_name or out_dir.name)
+    typed_model.check_firmware_support(checked, tflm.OPS, (packing.CUSTOM_CODE,))
+    io = _io_tensors(checked)
     int8_flatbuffer, packed_ops = flatbuffer, []
     if pack is not False:
         candidate, packed_ops = packing.pack_model(flatbuffer)
         if any(p.encoding for p in packed_ops):
             flatbuffer = candidate
     plan = firmware_kernels.plan(flatbuffer, kernels)
-    for line in packing_lines(packed_ops):
-        logging.info("%s: %s", io.name, line)
     variant = None
     if eval_images is not None:
         variant = _eval_variant(int8_flatbuffer, io, eval_images, eval_labels, feature)
@@ -214,14 +241,13 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
         test_inputs = None
     elif feature is not None or eval_labels is not None:
         raise TflqError("feature and eval_labels need eval_images (the accuracy firmware)")
-    inputs = _test_inputs(test_inputs, io)
     flash_data = len(flatbuffer) + (variant.flash_bytes if variant else 0)
     if flash_data > FLASH_MODEL_LIMIT:
         raise TflqError(f"model is {len(flatbuffer)} bytes"
                         + (f" and the eval data {variant.flash_bytes}" if variant else "")
                         + f": more than the {FLASH_MODEL_LIMIT} bytes of HiFive1 flash "
                         + ("left for them" if variant else "left for it"))
-    budget = memory_budget(int8_flatbuffer, flatbuffer, plan)
+    budget = memory_budget(int8_flatbuffer, flatbuffer, plan, io.name)
     budget = _placement_budget(budget, len(flatbuffer), model_in_ram,
                                variant.static_bytes if variant else 0)
     if budget.total > RAM_BYTES and model_in_ram:
@@ -231,6 +257,7 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
                         "The arena is an upper bound of the 32-bit arena (host "
                         f"interpreter: {budget.host_arena} B); shrink the largest "
                         "activations (fewer channels, smaller input, earlier pooling).")
+    inputs = _test_inputs(test_inputs, io)
     files = _render_files(flatbuffer, io, plan, inputs, budget, board, packed_ops,
                           variant=variant, model_in_ram=model_in_ram)
     _write_atomically(out_dir, files, overwrite)
@@ -361,22 +388,10 @@ class _IO:
     input_zero_point: int
 
 
-def _io_tensors(flatbuffer: bytes, name: str) -> _IO:
-    model = fb.load(flatbuffer)
-    if len(model.subgraphs) != 1:
-        raise TflqError(f"model has {len(model.subgraphs)} subgraphs: the firmware runs one")
-    sg = model.subgraphs[0]
-    if len(sg.inputs) != 1 or len(sg.outputs) != 1:
-        raise TflqError(f"model has {len(sg.inputs)} inputs and {len(sg.outputs)} outputs: "
-                        "the firmware self-test handles one of each")
-    int8 = fb.schema.TensorType.INT8
-    for role, index in (("input", sg.inputs[0]), ("output", sg.outputs[0])):
-        if sg.tensors[index].type != int8:
-            raise TflqError(f"model {role} {sg.tensors[index].name.decode()!r} is not int8: "
-                            "convert with int8 input and output (tflq.convert does)")
-    inp = fb.tensor(model, sg.inputs[0])
-    zp = int(inp.zero_point[0]) if inp.zero_point.size else 0
-    return _IO(name, tuple(int(d) for d in inp.shape), zp)
+def _io_tensors(model: typed_model.Model) -> _IO:
+    """The input's shape and zero point (``check_firmware_support`` passed: one int8 each)."""
+    inp = model.tensors[model.inputs[0]]
+    return _IO(model.name, inp.shape, inp.zero_point[0] if inp.zero_point else 0)
 
 
 def _test_inputs(test_inputs, io: _IO) -> np.ndarray:
@@ -458,6 +473,8 @@ def _render_files(flatbuffer, io, plan, inputs, budget, board,
     # The flatbuffer the firmware embeds, and the decisions it was built with: what the
     # host reference needs to run the same model with the same kernels.
     files[firmware_run.MODEL_FILE] = bytes(flatbuffer)
+    if variant is None:  # the self-test's inputs, as the firmware embeds them
+        files[firmware_run.INPUTS_FILE] = _npy_bytes(inputs)
     files[firmware_run.PROJECT_JSON] = json.dumps({
         "model_name": io.name, "board": board, "kernels": plan.kernels,
         "kernels_note": plan.note, "builtin_ops": list(plan.builtin_ops),
@@ -467,6 +484,12 @@ def _render_files(flatbuffer, io, plan, inputs, budget, board,
         "budget": dataclasses.asdict(budget), "ram_bytes": RAM_BYTES,
         "tflm_commit": tflm.TFLM_COMMIT}, indent=2) + "\n"
     return files
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io_module.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _placement_values(model_in_ram: bool) -> dict:
@@ -556,50 +579,11 @@ def _make_list(paths) -> str:
 
 def _write_atomically(out_dir: Path, files: dict, overwrite: bool) -> None:
     """Writes ``files`` into a temporary sibling of ``out_dir``, then renames it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with outputs.atomic_dir(str(out_dir), overwrite, flag="overwrite=True") as tmp:
         for rel, content in files.items():
-            path = tmp / rel
+            path = Path(tmp) / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, bytes):
                 path.write_bytes(content)
             else:
                 path.write_text(content)
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            if not overwrite:
-                raise TflqError(f"{out_dir} already exists: pass overwrite=True to replace it")
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old / out_dir.name)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@dataclasses.dataclass
-class _Captured:
-    text: str
-    error: Exception | None
-
-
-def _capture_stderr(fn) -> _Captured:
-    """Runs ``fn`` with file descriptor 2 redirected: TFLM's C++ code logs there."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    error = None
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            fn()
-        except (RuntimeError, ValueError) as e:
-            error = e
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        log.seek(0)
-        return _Captured(log.read().decode(errors="replace"), error)

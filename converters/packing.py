@@ -394,7 +394,8 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
         name = fb.op_name(model, op)
         if name not in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
-        out_name = sg.tensors[op.outputs[0]].name.decode()
+        raw_name = sg.tensors[op.outputs[0]].name
+        out_name = raw_name.decode(errors="replace") if raw_name else f"tensor {op.outputs[0]}"
         const_inputs = [i for i in op.inputs[1:3] if i >= 0]
         int8_bytes = sum(len(model.buffers[sg.tensors[i].buffer].data)
                          for i in const_inputs

@@ -33,6 +33,14 @@ def convert(qat_model, representative_data=None) -> bytes:
     """
     from tflq.qat import LowBitWeightQuantizer, quantized_kernels
 
+    if not quantized_kernels(qat_model) and not any(
+            type(l).__name__ == "QuantizeLayer" for l in getattr(qat_model, "layers", ())):
+        raise TflqError(f"model {getattr(qat_model, 'name', '?')!r} is a float model: quantize it "
+                        "with tflq.quantize_model(model, scheme=..., calibration_data=...) first")
+    for weight in qat_model.weights:
+        if not np.all(np.isfinite(weight.numpy())):
+            raise TflqError(f"model {qat_model.name!r}: weight {weight.name!r} holds NaN or Inf; "
+                            "training diverged or the file is damaged")
     # A low-bit layer's stored int8 range was set before the last optimizer step.
     for _, kernel, quantizer, variables in quantized_kernels(qat_model):
         if isinstance(quantizer, LowBitWeightQuantizer):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from converters import firmware_kernels, tflm, tflm_sources
+from converters import model as typed_model
 from tflq.errors import TflqError
 
 HOST_API = Path(__file__).resolve().parent.parent / "micro" / "host" / "tflm_host.cc"
@@ -219,7 +220,8 @@ class Interpreter:
     def __init__(self, flatbuffer: bytes, kernels: str = "reference",
                  arena_bytes: int = ARENA_BYTES, root: Path | None = None,
                  name: str = "model"):
-        flatbuffer = bytes(flatbuffer)
+        # TFLM reads no bytes that have not passed tflq's checks (and, in C, the Verifier).
+        flatbuffer = typed_model.read(flatbuffer, name).flatbuffer
         root = tflm.source_root() if root is None else root
         plan = firmware_kernels.plan(flatbuffer, kernels)
         self._lib = _library(root, plan)

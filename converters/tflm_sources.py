@@ -26,6 +26,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from tflq import outputs
 from tflq.errors import TflqError
 
 ROOT_ENV = "TFLQ_TFLM_ROOT"
@@ -125,6 +126,19 @@ def root(downloads: tuple[Download, ...] | None = None) -> Path:
     return download(downloads)
 
 
+def local_root() -> Path | None:
+    """The sources if they are here without a download (a folder, the archive, or an
+    earlier download in the cache); None otherwise. Never touches the network."""
+    try:
+        if os.environ.get(ROOT_ENV) or os.environ.get(ARCHIVE_ENV):
+            return root()
+    except TflqError:
+        return None
+    key = hashlib.sha256("".join(d.tree_sha256 for d in DOWNLOADS).encode()).hexdigest()[:16]
+    downloaded = cache_dir() / "tflm-src" / f"download-{key}"
+    return downloaded if (downloaded / COMMIT_MARKER).is_file() else None
+
+
 def unpack_archive(archive: Path, expected_sha256: str = ARCHIVE_SHA256) -> Path:
     """The archive's trees, unpacked once into the cache after a sha256 check."""
     if not archive.is_file():
@@ -198,8 +212,8 @@ def _extract(archive: Path, into: Path, what: str) -> None:
 def _publish(target: Path, fill) -> Path:
     """Runs ``fill(tmp)`` on a fresh sibling of ``target``, then renames it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    outputs.remove_stale(str(target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=outputs.temp_prefix(str(target)), dir=target.parent))
     try:
         fill(tmp)
         try:
@@ -210,14 +224,3 @@ def _publish(target: Path, fill) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _remove_stale(folder: Path) -> None:
-    """Removes temp folders left by killed runs (their pid no longer exists)."""
-    for tmp in folder.glob(".*.tmp-*"):
-        try:
-            pid = int(tmp.name.split(".tmp-", 1)[1].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -94,3 +94,38 @@ def test_report_on_the_qat_model(trained_dir, tmp_path):
     assert "| hidden | int8 | 8 |" in (tmp_path / "r" / "report.md").read_text()
     refused = tflq("report", f"--keras_model={trained_dir / 'float.h5'}", f"--output_dir={tmp_path / 'f'}")
     assert refused.returncode != 0 and "is a float model" in refused.stderr
+
+
+def test_a_model_file_with_code_is_not_run(tmp_path):
+    """An .h5 whose Lambda would create a marker file when loaded: refused, marker absent."""
+    marker = tmp_path / "pwned"
+    code = (
+        "import tflq, tf_keras as keras\n"
+        "m = keras.Sequential([keras.layers.InputLayer((4,)), keras.layers.Lambda(\n"
+        f"    lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1],\n"
+        "    name='evil'), keras.layers.Dense(2)])\n"
+        f"m.save({str(tmp_path / 'evil.h5')!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    marker.unlink()  # building the model ran the lambda once; loading must not
+    for verb in ("report", "convert"):
+        result = tflq(verb, f"--keras_model={tmp_path / 'evil.h5'}",
+                      f"--output_dir={tmp_path / 'r'}", f"--output={tmp_path / 'm.tflite'}")
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert not marker.exists(), f"tflq {verb} ran the file's code"
+        lines = [l for l in result.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and "'evil' (Lambda: it carries Python code)" in lines[0], lines
+        assert "--allow_unsafe_deserialization" in lines[0]
+    trusted = tflq("report", f"--keras_model={tmp_path / 'evil.h5'}",
+                   f"--output_dir={tmp_path / 'r2'}", "--allow_unsafe_deserialization")
+    assert marker.exists() and "is a float model" in trusted.stderr  # loaded, as asked
+
+
+def test_missing_required_flags_and_bad_paths_are_one_line(tmp_path):
+    for args, says in ((["micro"], "--tflite is required"),
+                       (["convert", f"--keras_model={tmp_path}", f"--output={tmp_path}/m"],
+                        "a directory"),
+                       (["micro", f"--tflite={tmp_path}", f"--output_dir={tmp_path}/fw"],
+                        "a directory, not a .tflite file")):
+        result = tflq(*args)
+        lines = [l for l in result.stderr.splitlines() if l.strip()]
+        assert result.returncode == 1 and len(lines) == 1 and says in lines[0], result.stderr

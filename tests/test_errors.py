@@ -83,3 +83,25 @@ def test_truncated_idx_file_is_named(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(TflqError, match="unknown dataset 'cifar'.*fashion_mnist"):
         datasets.load("cifar")
+
+
+def test_float_model_to_convert_is_refused_with_what_to_do():
+    import tf_keras as keras
+    model = keras.Sequential([keras.layers.InputLayer((4,)), keras.layers.Dense(2, name="d")])
+    with pytest.raises(TflqError, match="is a float model: quantize it with tflq.quantize_model"):
+        tflq.convert(model)
+
+
+def test_nan_weights_and_bad_calibration_data_are_refused_by_name():
+    import numpy as np
+    import tf_keras as keras
+    model = keras.Sequential([keras.layers.InputLayer((4,)), keras.layers.Dense(2, name="d")])
+    with pytest.raises(TflqError, match="holds NaN or Inf"):
+        tflq.quantize_model(model, calibration_data=np.full((8, 4), np.nan, np.float32))
+    with pytest.raises(TflqError, match=r"samples have shape \(5,\); model .* takes \(4,\)"):
+        tflq.quantize_model(model, calibration_data=np.zeros((8, 5), np.float32))
+    qat = tflq.quantize_model(model, calibration_data=np.zeros((8, 4), np.float32))
+    kernel = [w for w in qat.weights if w.name.endswith("kernel:0")][0]
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    with pytest.raises(TflqError, match=r"weight '.*kernel:0' holds NaN or Inf"):
+        tflq.convert(qat)

@@ -25,7 +25,7 @@ PROJECT_FILES = {
     "bazel/rules_cc_shim/WORKSPACE", "bazel/rules_cc_shim/BUILD", "bazel/rules_cc_shim/cc/BUILD",
     "bazel/rules_cc_shim/cc/defs.bzl",
     # the firmware's own flatbuffer and the generator's decisions (converters.firmware_run)
-    "model.tflite", "tflq_project.json"}
+    "model.tflite", "tflq_project.json", "test_inputs.npy"}
 # tflq's kernels for a FULLY_CONNECTED-only int8 model (kernels="tflq", the default).
 RV32_FC_FILES = {f"tflq_kernels/{n}" for n in (
     "tflq_kernels.h", "layer_check.c", "layer_eval.c", "tflq_ops.h", "int8_common.cc",
@@ -172,7 +172,7 @@ def test_float_model_is_refused(tmp_path):
     import tf_keras as keras
     model = keras.Sequential([keras.layers.InputLayer((4,)), keras.layers.Dense(2)])
     flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    with pytest.raises(TflqError, match="is not int8"):
+    with pytest.raises(TflqError, match="is FLOAT32, not INT8"):
         micro_project.generate_project(flatbuffer, tmp_path / "float")
 
 

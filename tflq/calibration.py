@@ -31,6 +31,14 @@ def calibrate(qat_model: keras.Model, data, batch_size: int = 256) -> None:
     batches = list(_batches(data, batch_size))
     if not batches:
         raise TflqError("calibration_data is empty: give at least one input sample")
+    want = tuple(qat_model.input_shape[1:])
+    for k, batch in enumerate(batches):
+        got = tuple(batch.shape[1:])
+        if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+            raise TflqError(f"calibration_data samples have shape {got}; model "
+                            f"{qat_model.name!r} takes {want} (batch {k})")
+        if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(batch, tf.float32)))):
+            raise TflqError(f"calibration_data holds NaN or Inf (batch {k} of {batch_size})")
     for var in _range_variables(qat_model):
         var.assign(tf.zeros_like(var))
     with _running_min_max(), _inference_behaviour(qat_model):

@@ -4,29 +4,23 @@ A QAT model (saved by tflq) converts as it is; a float model is quantized with
 --scheme and calibrated on --calibration_samples images of --dataset first
 (post-training quantization).
 """
-import os
 
 from absl import flags, logging
 import tf_keras as keras
 
 from converters.tflite import convert
-from tflq import datasets, outputs
+from tflq import datasets, model_files, outputs
 from tflq.cli import flags_common
 from tflq.errors import TflqError
-from tflq.qat import quantize_model, quantize_scope
+from tflq.qat import quantize_model
 
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the .tflite flatbuffer.")
 
 
 def load_keras_model(path: str) -> keras.Model:
-    """Loads a tf_keras model file (float or tflq QAT); errors name the file."""
-    if not os.path.exists(path):
-        raise TflqError(f"--keras_model {path}: no such file")
-    try:
-        with quantize_scope():
-            return keras.models.load_model(path, compile=False)
-    except (OSError, ValueError, TypeError) as e:
-        raise TflqError(f"--keras_model {path}: not a tf_keras model file ({e})") from None
+    """Loads a tf_keras model file (float or tflq QAT), its stored config checked first
+    (tflq.model_files); errors name the file."""
+    return model_files.load(path, allow_unsafe=flags_common.ALLOW_UNSAFE.value)
 
 
 def is_qat(model: keras.Model) -> bool:
@@ -37,7 +31,7 @@ def is_qat(model: keras.Model) -> bool:
 def main():
     for flag in (flags_common.KERAS_MODEL, _OUTPUT):
         if not flag.value:
-            raise flags.ValidationError(f"--{flag.name} is required")
+            raise TflqError(f"--{flag.name} is required")
     outputs.check_free(_OUTPUT.value, flags_common.OVERWRITE.value)
     model = load_keras_model(flags_common.KERAS_MODEL.value)
     if not is_qat(model):

@@ -19,3 +19,7 @@ KERAS_MODEL = flags.DEFINE_string(
 OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Output folder, written atomically: for `train`, models and metrics; "
     "for `report`, histograms and report.md.")
+ALLOW_UNSAFE = flags.DEFINE_bool(
+    "allow_unsafe_deserialization", False,
+    "Load a --keras_model whose layers carry Python code (Lambda) or classes tflq does not "
+    "know. Loading runs that code: only for a file you trust.")

@@ -58,7 +58,16 @@ def main(argv):
     try:
         VERBS[argv[1]]()
     except TflqError as e:
-        raise app.UsageError(f"tflq {argv[1]}: {e}") from None
+        # Bad input: one line (the message names what is wrong), no usage text, exit 1.
+        print(f"tflq {argv[1]}: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 -- a defect: still no traceback for the user
+        if os.environ.get("TFLQ_DEBUG"):
+            raise
+        message = " ".join(str(e).split())[:400]
+        print(f"tflq {argv[1]}: internal error, {type(e).__name__}: {message} (a tflq defect: "
+              "rerun with TFLQ_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        sys.exit(2)
 
 
 def run():

@@ -1,8 +1,11 @@
 """``tflq micro``: a .tflite flatbuffer -> an FE310 TFLite-Micro project in --output_dir.
 
-The project embeds --test_inputs images of --dataset's test set (quantized with
-the model's input scale) for its self-test: `make qemu` prints one OUTPUT line per
-image and the STATS line. FC / conv layers whose weights take <= 4 bits become packed
+The project embeds inputs for its self-test: --inputs=x.npy, else --test_inputs
+images of --dataset's test set when they fit the model's input (quantized with the
+model's input scale), else one input of zero points (also --test_inputs=0). `make
+qemu` prints one OUTPUT line per input and the STATS line. Errors come in this order:
+not a valid model; an op or type the firmware lacks; does not fit the RAM; inputs that
+do not fit the model. FC / conv layers whose weights take <= 4 bits become packed
 TFLQ_PACKED ops (--pack=auto|on|off); the others run tflq's rv32 int8 kernels
 (--kernels=tflq) or TFLM's reference ones (--kernels=reference). The command prints
 how each layer was packed, or why it stays int8.
@@ -10,18 +13,23 @@ how each layer was packed, or why it stays int8.
 import os
 
 from absl import flags
+import numpy as np
 
-from converters import firmware_kernels, micro_project, packing
-from converters.tflite import io_quantization
-from tflq import datasets
+from converters import firmware_kernels, firmware_run, micro_project, packing, tflm
+from converters import model as typed_model
+from tflq import datasets, outputs
 from tflq.cli import flags_common
 from tflq.errors import TflqError
 
 _TFLITE = flags.DEFINE_string("tflite", None, "The int8 .tflite flatbuffer (tflq convert writes one).")
 _BOARD = flags.DEFINE_enum("board", "hifive1-revb", list(micro_project.BOARDS), "Target board.")
+_INPUTS = flags.DEFINE_string(
+    "inputs", None, "A .npy of inputs to embed for the self-test: int8 as they are, float "
+    "quantized with the model's own input scale and zero point; shape (count, *input shape) "
+    "or (count, input size). Overrides --dataset/--test_inputs.")
 _TEST_INPUTS = flags.DEFINE_integer(
-    "test_inputs", 32, "Test images embedded for the self-test (0: one input of zero points).",
-    lower_bound=0)
+    "test_inputs", 32, "Test images of --dataset embedded for the self-test, when their shape "
+    "is the model's input shape (0: one input of zero points, no data).", lower_bound=0)
 _PACK = flags.DEFINE_enum(
     "pack", "auto", ["auto", "on", "off"],
     "Pack FC / conv layers with <= 4-bit weights into TFLQ_PACKED ops (auto: when any is "
@@ -34,32 +42,67 @@ _KERNELS = flags.DEFINE_enum(
 def main():
     for flag in (_TFLITE, flags_common.OUTPUT_DIR):
         if not flag.value:
-            raise flags.ValidationError(f"--{flag.name} is required")
-    if not os.path.exists(_TFLITE.value):
-        raise TflqError(f"--tflite {_TFLITE.value}: no such file")
-    with open(_TFLITE.value, "rb") as f:
+            raise TflqError(f"--{flag.name} is required")
+    out_dir = flags_common.OUTPUT_DIR.value
+    outputs.check_free(out_dir, flags_common.OVERWRITE.value)
+    path = _TFLITE.value
+    if not os.path.isfile(path):
+        raise TflqError(f"--tflite {path}: " + ("a directory, not a .tflite file"
+                                                if os.path.isdir(path) else "no such file"))
+    with open(path, "rb") as f:
         flatbuffer = f.read()
-    inputs = None
-    if _TEST_INPUTS.value:
-        _, (x_test, _) = datasets.load(flags_common.DATASET.value)
-        inputs = io_quantization(flatbuffer)[0].quantize(x_test[:_TEST_INPUTS.value])
+    name = os.path.basename(path)
+    checked = typed_model.read(flatbuffer, name)  # not a valid model: said first
+    typed_model.check_firmware_support(checked, tflm.OPS, (packing.CUSTOM_CODE,))
+    inputs, note = _self_test_inputs(checked)
     pack = {"auto": None, "on": True, "off": False}[_PACK.value]
-    out = micro_project.generate_project(flatbuffer, flags_common.OUTPUT_DIR.value,
-                                         board=_BOARD.value, test_inputs=inputs,
+    out = micro_project.generate_project(flatbuffer, out_dir, board=_BOARD.value,
+                                         test_inputs=inputs, model_name=name,
                                          overwrite=flags_common.OVERWRITE.value, pack=pack,
                                          kernels=_KERNELS.value)
-    firmware = flatbuffer
-    if pack is not False:
-        packed, report = packing.pack_model(flatbuffer)
-        for line in micro_project.packing_lines(report):
-            print(line)
-        if any(r.encoding for r in report):
-            firmware = packed
-        elif pack:
-            print("--pack=on: no layer has weights of <= 4 bits; the model stays int8")
-    plan = firmware_kernels.plan(firmware, _KERNELS.value)
-    budget = micro_project.memory_budget(flatbuffer, firmware, plan)
-    print(f"kernels: {plan.note}\n"
+    info = firmware_run.project_info(out)
+    for line in info["packing"]:
+        print(line)
+    if pack and not info["packed"]:
+        print("--pack=on: no layer has weights of <= 4 bits; the model stays int8")
+    budget = micro_project.MemoryBudget(**info["budget"])
+    print(f"kernels: {info['kernels_note']}\n"
+          f"inputs: {note}\n"
           f"wrote {out}: {budget.describe()}\n"
           f"build: make -C {out}    run in QEMU: make -C {out} qemu   (TFLQ_TFLM_ROOT: a "
           f"folder with the TFLM sources; converters.tflm.source_root() unpacks one)")
+
+
+def _self_test_inputs(checked):
+    """(inputs for generate_project, what they are): --inputs, else --dataset images when
+    they fit the model's input, else one input of zero points."""
+    tensor = checked.tensors[checked.inputs[0]]
+    scale = tensor.scale[0] if tensor.scale else 1.0
+    zero_point = tensor.zero_point[0] if tensor.zero_point else 0
+    want = f"(count, {', '.join(map(str, tensor.shape[1:]))}) int8, or float to quantize"
+    if _INPUTS.value:
+        try:
+            x = np.load(_INPUTS.value, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise TflqError(f"--inputs {_INPUTS.value}: not a readable .npy file ({e})") from None
+        if x.dtype.kind == "f":
+            if not np.all(np.isfinite(x)):
+                raise TflqError(f"--inputs {_INPUTS.value}: holds NaN or Inf")
+            x = np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+        elif x.dtype != np.int8:
+            raise TflqError(f"--inputs {_INPUTS.value}: {x.dtype} values; the model wants {want}")
+        return x, f"{len(x)} from {_INPUTS.value}"
+    if _TEST_INPUTS.value == 0:
+        return None, "one input of zero points (--test_inputs=0)"
+    dataset = flags_common.DATASET.value
+    _, (x_test, _) = datasets.load(dataset)
+    sample = tuple(tensor.shape[1:]) if tensor.shape[:1] == (1,) else tuple(tensor.shape)
+    if x_test.shape[1:] != sample and int(np.prod(x_test.shape[1:])) != int(np.prod(sample)):
+        message = (f"--dataset={dataset} images are {'x'.join(map(str, x_test.shape[1:]))}, "
+                   f"the model's input is {'x'.join(map(str, tensor.shape))}")
+        if flags.FLAGS["test_inputs"].present:
+            raise TflqError(f"{message}: pass --inputs=x.npy of shape {want}, or --test_inputs=0")
+        return None, f"one input of zero points ({message}; pass --inputs=x.npy for real ones)"
+    x = x_test[:_TEST_INPUTS.value]
+    q = np.clip(np.round(np.asarray(x, np.float32) / scale) + zero_point, -128, 127)
+    return q.astype(np.int8), f"{len(x)} test images of --dataset={dataset}"

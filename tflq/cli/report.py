@@ -3,6 +3,7 @@ from absl import flags
 
 from tflq import report
 from tflq.cli import flags_common
+from tflq.errors import TflqError
 
 
 def main():
@@ -10,7 +11,7 @@ def main():
 
     for flag in (flags_common.KERAS_MODEL, flags_common.OUTPUT_DIR):
         if not flag.value:
-            raise flags.ValidationError(f"--{flag.name} is required")
+            raise TflqError(f"--{flag.name} is required")
     model = load_keras_model(flags_common.KERAS_MODEL.value)
     if not is_qat(model):
         from tflq.errors import TflqError

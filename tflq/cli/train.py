@@ -6,6 +6,7 @@ from absl import flags, logging
 
 from tflq import models, outputs, pipeline
 from tflq.cli import flags_common
+from tflq.errors import TflqError
 from tflq.qat import quantize_scope
 
 _MODEL = flags.DEFINE_enum("model", "cnn", list(models.NAMES), "Built-in model to train.")
@@ -16,7 +17,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Training batch size.", lo
 
 def main():
     if not flags_common.OUTPUT_DIR.value:
-        raise flags.ValidationError("--output_dir is required")
+        raise TflqError("--output_dir is required")
     outputs.check_free(flags_common.OUTPUT_DIR.value, flags_common.OVERWRITE.value)
     model = _MODEL.value
     if flags_common.KERAS_MODEL.value:
