@@ -55,12 +55,14 @@ class KernelPlan:
         return sorted(p for p in self.project_files if p.endswith((".c", ".cc")))
 
 
-def plan(flatbuffer: bytes, kernels: str = "tflq") -> KernelPlan:
+def plan(flatbuffer: bytes, kernels: str = "tflq",
+         reference_ops: frozenset = frozenset()) -> KernelPlan:
     """The kernels of ``flatbuffer``'s ops. tflq's int8 kernel for an op type is used only
     where every operator of that type is a layer it runs: int8 x int8 and within the
     limits its Prepare checks (``packing.layer_of_op``: e.g. at most 64 depthwise taps,
     no grouped convolution). Otherwise that op type keeps TFLM's reference kernel, and
-    the note says which layer and why."""
+    the note says which layer and why. ``reference_ops``: op types kept on TFLM's kernel
+    because tflq's would not fit the RAM (``micro_project`` decides, the note says so)."""
     if kernels not in KERNEL_CHOICES:
         raise TflqError(f"unknown kernels {kernels!r}: choose one of {', '.join(KERNEL_CHOICES)}")
     model = fb.load(bytes(flatbuffer))
@@ -72,6 +74,10 @@ def plan(flatbuffer: bytes, kernels: str = "tflq") -> KernelPlan:
     if kernels == "tflq":
         sg = model.subgraphs[0]
         for op_name in sorted(set(builtin) & set(RV32_INT8)):
+            if op_name in reference_ops:
+                notes.append(f"{op_name} keeps TFLM's reference kernel (RAM: with tflq's the "
+                             "firmware would not fit 16 KiB)")
+                continue
             ops = [op for op, n in zip(sg.operators, names) if n == op_name]
             refused = [(op, why) for op in ops
                        if isinstance(why := packing.layer_of_op(model, op), str)]

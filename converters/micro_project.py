@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 
-from converters import firmware_kernels, firmware_run, packing, tflm, toolchain
+from converters import (firmware_kernels, firmware_run, packing, tflm, tflm_host, tflm_sources,
+                        toolchain)
 from converters import flatbuffer as fb
 from converters import model as typed_model
 from tflq import outputs
@@ -65,11 +66,15 @@ _HOST_ARENA = 8 * 1024 * 1024
 class MemoryBudget:
     """RAM of one firmware, in bytes: what the linker will place in the 16 KiB DTIM."""
 
-    arena: int  # tensor arena array: the 32-bit upper bound, rounded up to 16
+    arena: int  # tensor arena array: the 32-bit arena, rounded up to 16
     stack: int  # reserved by the linker script
     static: int  # .data + .bss besides the arena (an upper bound)
-    host_arena: int  # the 64-bit host interpreter's figure the bound came from
+    host_arena: int  # "ilp32": TFLM's arena_used_bytes() (the device's); "wheel": its bound
     model: int = 0  # the flatbuffer in .data (model_in_ram), rounded up to 16; 0 in flash
+    # "ilp32": TFLM's arena use measured by its 32-bit host build with the firmware's
+    # kernels (the device's number, exactly); "wheel": an upper bound from the 64-bit
+    # tflite-micro wheel, where no TFLM sources or no 32-bit compiler are here.
+    arena_source: str = "wheel"
 
     @property
     def total(self) -> int:
@@ -147,6 +152,9 @@ def stack_reservation(num_ops: int) -> int:
     return max(2048, -(-need // 256) * 256)
 
 
+# Beyond the smallest arena that works on the ILP32 host build: one TfLiteTensor and its
+# quantization (Prepare's temporaries), in case a kernel's temporaries differ by input.
+ARENA_MARGIN = 64
 # Per op running tflq's rv32 int8 kernel, beyond the reference kernel's arena use: the
 # OpData's extra pointer (rounded up).
 RV32_OPDATA_BYTES = 16
@@ -155,32 +163,62 @@ RV32_OPDATA_BYTES = 16
 def memory_budget(flatbuffer: bytes, firmware_flatbuffer: bytes | None = None,
                   plan: "firmware_kernels.KernelPlan | None" = None,
                   name: str = "model") -> MemoryBudget:
-    """RAM of the firmware running ``firmware_flatbuffer`` (default: ``flatbuffer``).
+    """RAM of the firmware running ``firmware_flatbuffer`` (default: ``flatbuffer``) with
+    ``plan``'s kernels (default: TFLM's reference ones).
 
-    The arena bound comes from TFLM's host interpreter on the int8 ``flatbuffer``
-    (it cannot load TFLQ_PACKED ops), plus what tflq's kernels add on top: the packed
-    ops' scratch (tables, accumulators, patches), and for each rv32 int8 op its
-    bias + offset array and CONV_2D patch. Packed ops allocate none of the reference
-    kernels' per-channel arrays, so this stays an upper bound.
+    With TFLM sources here (``tflm_sources.local_root``) and a 32-bit host compiler, the
+    arena comes from TFLM's ILP32 host build of the firmware's own kernels on the
+    firmware's own flatbuffer: ``host_arena`` is its arena_used_bytes() (the device's
+    figure, byte for byte) and the arena array the smallest that works plus
+    ``ARENA_MARGIN`` (``tflm_host.ArenaUse``): a little more, which Prepare's temporaries
+    need (an arena of just arena_used_bytes() makes TFLM fail or trap). Otherwise it is
+    an upper bound: the wheel's 64-bit figure for the int8 ``flatbuffer`` (which cannot
+    load TFLQ_PACKED ops), plus what tflq's kernels add on top (packed ops' scratch; per
+    rv32 int8 op its bias + offset array and CONV_2D patch).
     """
     firmware_flatbuffer = flatbuffer if firmware_flatbuffer is None else firmware_flatbuffer
+    plan = firmware_kernels.plan(firmware_flatbuffer, "reference") if plan is None else plan
+    stack = stack_reservation(plan.num_registrations)
+    root = tflm_sources.local_root()
+    if root is not None and tflm_host.ilp32_available():
+        use = tflm_host.arena_bytes_ilp32(firmware_flatbuffer, plan, root, name)
+        return MemoryBudget(arena=-(-(use.needed + ARENA_MARGIN) // 16) * 16, stack=stack,
+                            static=STATIC_BYTES,
+                            host_arena=use.used, arena_source="ilp32")
     host = arena_upper_bound(flatbuffer, name)
     extra = 0
-    if plan is not None:
-        if plan.packed:
-            extra += packing.model_scratch_bytes(firmware_flatbuffer)
-        model = fb.load(bytes(firmware_flatbuffer))
-        for op in model.subgraphs[0].operators:
-            name = fb.op_name(model, op)
-            if name in plan.rv32_int8:
-                layer = packing.layer_of_op(model, op)
-                if isinstance(layer, packing.Layer):
-                    extra += (4 * layer.out_channels + RV32_OPDATA_BYTES
-                              + packing.scratch_bytes(layer, None))
-    arena = -(-(host + extra) // 16) * 16
-    stack = stack_reservation(plan.num_registrations if plan is not None
-                              else len(model_ops(firmware_flatbuffer)))
-    return MemoryBudget(arena=arena, stack=stack, static=STATIC_BYTES, host_arena=host)
+    if plan.packed:
+        extra += packing.model_scratch_bytes(firmware_flatbuffer)
+    model = fb.load(bytes(firmware_flatbuffer))
+    for op in model.subgraphs[0].operators:
+        if fb.op_name(model, op) in plan.rv32_int8:
+            layer = packing.layer_of_op(model, op)
+            if isinstance(layer, packing.Layer):
+                extra += (4 * layer.out_channels + RV32_OPDATA_BYTES
+                          + packing.scratch_bytes(layer, None))
+    return MemoryBudget(arena=-(-(host + extra) // 16) * 16, stack=stack, static=STATIC_BYTES,
+                        host_arena=host, arena_source="wheel")
+
+
+def _fitting_plan(flatbuffer: bytes, int8_flatbuffer: bytes, kernels: str, name: str,
+                  fits) -> tuple["firmware_kernels.KernelPlan", MemoryBudget]:
+    """The fastest kernel plan whose firmware ``fits`` (budget -> bool): tflq's kernels
+    where they were asked for, then TFLM's for one op type more at a time (tflq's keep
+    per-channel arrays and patches in the arena). The first plan's budget if none fits."""
+    import itertools
+
+    plan = firmware_kernels.plan(flatbuffer, kernels)
+    budget = memory_budget(int8_flatbuffer, flatbuffer, plan, name)
+    if fits(budget) or not plan.rv32_int8:
+        return plan, budget
+    types = plan.rv32_int8
+    for count in range(1, len(types) + 1):
+        for keep in itertools.combinations(types, count):
+            candidate = firmware_kernels.plan(flatbuffer, kernels, reference_ops=frozenset(keep))
+            candidate_budget = memory_budget(int8_flatbuffer, flatbuffer, candidate, name)
+            if fits(candidate_budget):
+                return candidate, candidate_budget
+    return plan, budget
 
 
 def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
@@ -232,12 +270,9 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
         candidate, packed_ops = packing.pack_model(flatbuffer)
         if any(p.encoding for p in packed_ops):
             flatbuffer = candidate
-    plan = firmware_kernels.plan(flatbuffer, kernels)
     variant = None
     if eval_images is not None:
         variant = _eval_variant(int8_flatbuffer, io, eval_images, eval_labels, feature)
-        plan = dataclasses.replace(plan, project_files={**plan.project_files,
-                                                        **variant.kernel_files})
         test_inputs = None
     elif feature is not None or eval_labels is not None:
         raise TflqError("feature and eval_labels need eval_images (the accuracy firmware)")
@@ -247,15 +282,23 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
                         + (f" and the eval data {variant.flash_bytes}" if variant else "")
                         + f": more than the {FLASH_MODEL_LIMIT} bytes of HiFive1 flash "
                         + ("left for them" if variant else "left for it"))
-    budget = memory_budget(int8_flatbuffer, flatbuffer, plan, io.name)
-    budget = _placement_budget(budget, len(flatbuffer), model_in_ram,
-                               variant.static_bytes if variant else 0)
+    def placed(b: MemoryBudget) -> MemoryBudget:
+        return _placement_budget(b, len(flatbuffer), model_in_ram,
+                                 variant.static_bytes if variant else 0)
+
+    plan, budget = _fitting_plan(flatbuffer, int8_flatbuffer, kernels, io.name,
+                                 lambda b: placed(b).total <= RAM_BYTES)
+    budget = placed(budget)
+    if variant is not None:
+        plan = dataclasses.replace(plan, project_files={**plan.project_files,
+                                                        **variant.kernel_files})
     if budget.total > RAM_BYTES and model_in_ram:
         raise TflqError(_model_in_ram_error(io.name, budget, len(flatbuffer)))
     if budget.total > RAM_BYTES:
-        raise TflqError(f"model {io.name!r} does not fit the FE310: {budget.describe()}. "
-                        "The arena is an upper bound of the 32-bit arena (host "
-                        f"interpreter: {budget.host_arena} B); shrink the largest "
+        measured = ("TFLM's own arena use on a 32-bit target" if budget.arena_source == "ilp32"
+                    else f"an upper bound (64-bit wheel: {budget.host_arena} B)")
+        raise TflqError(f"model {io.name!r} does not fit the FE310 with any kernel choice: "
+                        f"{budget.describe()}. The arena is {measured}; shrink the largest "
                         "activations (fewer channels, smaller input, earlier pooling).")
     inputs = _test_inputs(test_inputs, io)
     files = _render_files(flatbuffer, io, plan, inputs, budget, board, packed_ops,
@@ -429,7 +472,11 @@ def _render_files(flatbuffer, io, plan, inputs, budget, board,
         "kernels_note": plan.note,
         "packing_report": "\n".join(f"- {line}" for line in lines) or "- no FC / conv layers",
         "tflq_kernel_sources": _make_list(plan.project_sources),
-        "arena_comment": (f"An upper bound of the 32-bit arena: the 64-bit host interpreter "
+        "arena_comment": (f"TFLM's ILP32 host build with these kernels: {budget.host_arena} B "
+                          "used, this much\n// needed with Prepare's temporaries. The device "
+                          "prints its use as STATS arena_bytes."
+                          if budget.arena_source == "ilp32" else
+                          f"An upper bound of the 32-bit arena: the 64-bit host interpreter "
                           f"used {budget.host_arena} B. The\n// actual use is printed as "
                           "STATS arena_bytes."),
         "arena_bytes": str(budget.arena),

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -68,11 +70,28 @@ def _version(compiler: str) -> str:
                           text=True).stdout.splitlines()[0]
 
 
-# Firmware flags minus the rv32 ones, plus -fPIC for a shared library. Hidden symbols
-# and -Bsymbolic: TensorFlow, loaded in the same process, exports tflite:: symbols
-# of its own (other struct layouts), which must not interpose on these.
-_CXX_FLAGS = (*tflm.CXX_FLAGS, "-fPIC", "-fvisibility=hidden")
-_C_FLAGS = ("-std=c11", "-fPIC", "-fvisibility=hidden")
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """How the host build is compiled: the reference library, or the ILP32 arena probe."""
+
+    name: str
+    flags: tuple[str, ...]  # added to the firmware's C++ flags (minus the rv32 ones) and -std=c11
+    link: tuple[str, ...]
+
+
+# The reference: a shared library for ctypes. Hidden symbols and -Bsymbolic: TensorFlow,
+# loaded in the same process, exports tflite:: symbols of its own (other struct
+# layouts), which must not interpose on these.
+HOST64 = _Target("host-obj", ("-fPIC", "-fvisibility=hidden"), ("-shared", "-Wl,-Bsymbolic"))
+# The arena probe: a 32-bit executable. i386 with -malign-double lays structs out as
+# rv32's ilp32 does (4-byte pointers and size_t, 8-byte-aligned int64 and double), so
+# TFLM's arena use is the firmware's, byte for byte (tests/test_firmware_qemu.py).
+ILP32 = _Target("host-obj-ilp32", ("-m32", "-malign-double"), ("-m32",))
+ARENA_PROBE = Path(__file__).resolve().parent.parent / "micro" / "host" / "arena_probe.cc"
+
+
+def _cxx_flags(target: _Target) -> tuple[str, ...]:
+    return (*tflm.CXX_FLAGS, *target.flags)
 
 
 def _run_all(commands: list[list[str]], what: str) -> None:
@@ -88,13 +107,13 @@ def _run_all(commands: list[list[str]], what: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _object_dir(root: Path) -> Path:
+def _object_dir(root: Path, target: _Target = HOST64) -> Path:
     """The host objects' folder for ``root``, with TFLM's patched flatbuffers headers."""
     cxx = _cxx()
     key = hashlib.sha256("\n".join((str(root.resolve()), tflm.local_commit(root), _version(cxx),
-                                    " ".join(_CXX_FLAGS), tflm.FRAMEWORK_OPT, tflm.KERNEL_OPT))
-                         .encode()).hexdigest()[:16]
-    objects = tflm_sources.cache_dir() / "host-obj" / key
+                                    " ".join(_cxx_flags(target)), tflm.FRAMEWORK_OPT,
+                                    tflm.KERNEL_OPT)).encode()).hexdigest()[:16]
+    objects = tflm_sources.cache_dir() / target.name / key
     include = objects / "flatbuffers" / "include"
     if not include.is_dir():
         objects.mkdir(parents=True, exist_ok=True)
@@ -119,9 +138,9 @@ def _includes(root: Path, objects: Path) -> list[str]:
             f"-I{root / 'gemmlowp'}", f"-I{root / 'ruy'}"]
 
 
-def _tflm_objects(root: Path, sources: tuple[str, ...]) -> list[Path]:
+def _tflm_objects(root: Path, sources: tuple[str, ...], target: _Target) -> list[Path]:
     """Host objects of TFLM ``sources`` (paths under tflite-micro/), compiling the missing."""
-    objects = _object_dir(root)
+    objects = _object_dir(root, target)
     cxx, include = _cxx(), _includes(root, objects)
     kernels = set(sources) - set(tflm.FRAMEWORK_SOURCES)
     todo, paths = [], []
@@ -132,61 +151,108 @@ def _tflm_objects(root: Path, sources: tuple[str, ...]) -> list[Path]:
             obj.parent.mkdir(parents=True, exist_ok=True)
             opt = tflm.KERNEL_OPT if source in kernels else tflm.FRAMEWORK_OPT
             tmp = f"{obj}.{os.getpid()}.tmp"
-            todo.append((obj, tmp, [cxx, *_CXX_FLAGS, opt, *include, "-c",
+            todo.append((obj, tmp, [cxx, *_cxx_flags(target), opt, *include, "-c",
                                     str(root / "tflite-micro" / source), "-o", tmp]))
-    _run_all([cmd for _, _, cmd in todo], "TFLM for the host")
+    _run_all([cmd for _, _, cmd in todo], f"TFLM for the host ({target.name})")
     for obj, tmp, _ in todo:
         os.replace(tmp, obj)
     return paths
+
+
+def _build(root: Path, plan: firmware_kernels.KernelPlan, target: _Target) -> Path:
+    """The host build of ``plan``'s kernels and registrations for ``target``, built once:
+    a shared library (HOST64) or the arena probe executable (ILP32)."""
+    tflm_files = tuple(dict.fromkeys((*tflm.FRAMEWORK_SOURCES, *_HOST_PORT, *plan.tflm_sources)))
+    ops_h = (f"#define TFLQ_HOST_NUM_OPS {max(1, plan.num_registrations)}\n"
+             + "".join(line + "\n" for line in plan.includes)
+             + "#define TFLQ_HOST_REGISTER_OPS(op_resolver) do { \\\n"
+             + "".join(f"    {call}; \\\n" for call in plan.resolver_calls) + "  } while (0)\n")
+    own_sources = [HOST_API] + ([ARENA_PROBE] if target is ILP32 else [])
+    digest = hashlib.sha256()
+    for part in (str(_object_dir(root, target)), ops_h, "\n".join(tflm_files),
+                 *(p.read_text() for p in own_sources)):
+        digest.update(part.encode() + b"\0")
+    for name in sorted(plan.project_files):
+        digest.update(name.encode() + b"\0" + plan.project_files[name] + b"\0")
+    suffix = ".so" if target is HOST64 else ""
+    out = tflm_sources.cache_dir() / "host-lib" / f"tflm-{target.name}-{digest.hexdigest()[:16]}{suffix}"
+    if out.exists():
+        return out
+    objects = _tflm_objects(root, tflm_files, target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tflq-host-", dir=out.parent) as tmp:
+        src = Path(tmp)
+        for name, data in plan.project_files.items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes(data)
+        (src / "tflq_host_ops.h").write_text(ops_h)
+        include = [*_includes(root, _object_dir(root, target)), f"-I{src}",
+                   f"-I{src / firmware_kernels.PROJECT_DIR}"]
+        commands, own = [], []
+        for path in (*(src / n for n in plan.project_sources), *own_sources):
+            obj = src / f"{len(own)}.o"
+            own.append(str(obj))
+            if path.suffix == ".c":
+                cmd = [_cc(), "-std=c11", *target.flags, tflm.KERNEL_OPT, *include]
+            else:
+                cmd = [_cxx(), *_cxx_flags(target), tflm.KERNEL_OPT, *include,
+                       '-DTFLQ_HOST_OPS_H="tflq_host_ops.h"']
+            commands.append([*cmd, "-c", str(path), "-o", str(obj)])
+        _run_all(commands, f"the host build ({target.name})")
+        tmp_out = src / "out"
+        _run_all([[_cxx(), *target.link, "-o", str(tmp_out), *own, *map(str, objects), "-lm"]],
+                 f"linking the host build ({target.name})")
+        os.replace(tmp_out, out)
+    return out
 
 
 _LOADED: dict[Path, ctypes.CDLL] = {}
 
 
 def _library(root: Path, plan: firmware_kernels.KernelPlan) -> ctypes.CDLL:
-    """The host library for ``plan``'s kernels and registrations, built once."""
-    tflm_files = tuple(dict.fromkeys((*tflm.FRAMEWORK_SOURCES, *_HOST_PORT, *plan.tflm_sources)))
-    ops_h = (f"#define TFLQ_HOST_NUM_OPS {max(1, plan.num_registrations)}\n"
-             + "".join(line + "\n" for line in plan.includes)
-             + "#define TFLQ_HOST_REGISTER_OPS(op_resolver) do { \\\n"
-             + "".join(f"    {call}; \\\n" for call in plan.resolver_calls) + "  } while (0)\n")
-    digest = hashlib.sha256()
-    for part in (str(_object_dir(root)), ops_h, "\n".join(tflm_files), HOST_API.read_text()):
-        digest.update(part.encode() + b"\0")
-    for name in sorted(plan.project_files):
-        digest.update(name.encode() + b"\0" + plan.project_files[name] + b"\0")
-    lib = tflm_sources.cache_dir() / "host-lib" / f"tflm-host-{digest.hexdigest()[:16]}.so"
-    if lib in _LOADED:
-        return _LOADED[lib]
-    if not lib.exists():
-        objects = _tflm_objects(root, tflm_files)
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="tflq-host-", dir=lib.parent) as tmp:
-            src = Path(tmp)
-            for name, data in plan.project_files.items():
-                (src / name).parent.mkdir(parents=True, exist_ok=True)
-                (src / name).write_bytes(data)
-            (src / "tflq_host_ops.h").write_text(ops_h)
-            include = [*_includes(root, _object_dir(root)), f"-I{src}",
-                       f"-I{src / firmware_kernels.PROJECT_DIR}"]
-            commands, own = [], []
-            for name in (*plan.project_sources, None):
-                path = HOST_API if name is None else src / name
-                obj = src / f"{len(own)}.o"
-                own.append(str(obj))
-                if path.suffix == ".c":
-                    cmd = [_cc(), *_C_FLAGS, tflm.KERNEL_OPT, *include]
-                else:
-                    cmd = [_cxx(), *_CXX_FLAGS, tflm.KERNEL_OPT, *include,
-                           '-DTFLQ_HOST_OPS_H="tflq_host_ops.h"']
-                commands.append([*cmd, "-c", str(path), "-o", str(obj)])
-            _run_all(commands, "the host reference")
-            tmp_lib = src / "lib.so"
-            _run_all([[_cxx(), "-shared", "-Wl,-Bsymbolic", "-o", str(tmp_lib), *own, *map(str, objects), "-lm"]],
-                     "the host reference library")
-            os.replace(tmp_lib, lib)
-    _LOADED[lib] = _bind(ctypes.CDLL(str(lib)))
+    """The host reference library for ``plan``, loaded once."""
+    lib = _build(root, plan, HOST64)
+    if lib not in _LOADED:
+        _LOADED[lib] = _bind(ctypes.CDLL(str(lib)))
     return _LOADED[lib]
+
+
+@functools.lru_cache(maxsize=None)
+def ilp32_available() -> bool:
+    """Whether the host compiler builds and links 32-bit C++ (Debian: g++-multilib)."""
+    with tempfile.TemporaryDirectory(prefix="tflq-m32-") as tmp:
+        source = Path(tmp) / "probe.cc"
+        source.write_text("#include <cstdint>\nint main() { return sizeof(void*) == 4 ? 0 : 1; }\n")
+        done = subprocess.run([_cxx(), *ILP32.flags, str(source), "-o", str(Path(tmp) / "p")],
+                              capture_output=True)
+        return done.returncode == 0 and subprocess.run([str(Path(tmp) / "p")]).returncode == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ArenaUse:
+    """TFLM's arena figures for one model on a 32-bit target (the ILP32 probe)."""
+
+    used: int  # arena_used_bytes(): what the firmware's STATS line prints
+    needed: int  # the smallest arena that works (Prepare's temporaries included)
+
+
+def arena_bytes_ilp32(flatbuffer: bytes, plan: firmware_kernels.KernelPlan,
+                      root: Path | None = None, name: str = "model") -> ArenaUse:
+    """TFLM's arena use for ``flatbuffer`` with ``plan``'s kernels on a 32-bit target (the
+    firmware's figures), from the ILP32 host build, run in a child process."""
+    root = tflm.source_root() if root is None else root
+    probe = _build(root, plan, ILP32)
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+        f.write(bytes(flatbuffer))
+        f.flush()
+        done = subprocess.run([str(probe), f.name, str(ARENA_BYTES)], capture_output=True,
+                              text=True, timeout=300)
+    found = re.search(r"^ARENA (\d+) (\d+)$", done.stdout, re.M)
+    if done.returncode != 0 or not found:
+        why = (f"crashed (signal {-done.returncode})" if done.returncode < 0
+               else " ".join((done.stdout + done.stderr).split())[-400:])
+        raise TflqError(f"{name}: TFLM (32-bit host build) could not allocate it: {why}")
+    return ArenaUse(*map(int, found.groups()))
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:

@@ -47,7 +47,8 @@ def test_firmware_matches_host_interpreter_bit_for_bit(name, kernels, tmp_path):
     budget = micro_project.memory_budget(flatbuffer,
                                          plan=firmware_kernels.plan(flatbuffer, kernels))
     assert run.instructions > 1000
-    # The 32-bit arena is what the bound says it is: no more than the host's figure.
+    # The budget's arena is TFLM's own ILP32 host build's figure: the device's, exactly.
+    assert budget.arena_source == "ilp32" and run.arena_bytes == budget.host_arena, budget
     assert 0 < run.arena_bytes <= budget.arena, (run.arena_bytes, budget)
     assert 0 < run.stack_bytes <= budget.stack, (run.stack_bytes, budget)
     ram, arena_array = ram_sections(run.elf)
@@ -93,6 +94,24 @@ def test_mlperf_autoencoder_inputs_the_wheel_gets_wrong_run_as_the_host_build_sa
         assert np.array_equal(run.outputs, host[disputed + [0, 1]])
         assert firmware_run.mismatches(run.outputs[:len(disputed)], wheel[disputed]) == \
             list(range(len(disputed)))
+
+
+def test_a_model_tflq_kernels_would_not_fit_gets_the_reference_kernel_and_runs(tmp_path):
+    """Ten Dense layers, 128-104: with tflq's FC kernel (4 B more per output channel) the
+    arena is about 14.2 KiB and the firmware does not fit 16 KiB; with TFLM's it does. The
+    generator picks TFLM's, says why, and the firmware runs as the host build says."""
+    _models.keras.utils.set_random_seed(0)
+    flatbuffer = _models.to_int8_tflite(_models.autoencoder(inputs=128, hidden=104))
+    inputs = _models.random_inputs(flatbuffer, 4)
+    project = micro_project.generate_project(flatbuffer, tmp_path / "ae", test_inputs=inputs)
+    info = firmware_run.project_info(project)
+    assert info["rv32_int8"] == [], info
+    assert "FULLY_CONNECTED keeps TFLM's reference kernel (RAM:" in info["kernels_note"]
+    run = build_and_run(project)
+    assert run.exit_code == 0, run.tail()
+    firmware_run.check_bit_exact(run)
+    budget = micro_project.MemoryBudget(**info["budget"])
+    assert run.arena_bytes == budget.host_arena and budget.total <= micro_project.RAM_BYTES
 
 
 def test_instruction_counts_are_repeatable(tmp_path):

@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 what=${1:-demo}
 
 # riscv gcc + picolibc + C++ headers build FE310 firmware and QEMU runs it (the demo
-# and the tests); g++ builds TFLM for the host (the device's reference); patch applies
-# TFLM's flatbuffers patch.
+# and the tests); g++ builds TFLM for the host (the device's reference) and, with
+# g++-multilib, for ILP32 (the firmware's exact arena size); patch applies TFLM's
+# flatbuffers patch.
 pkgs=(dataset-fashion-mnist python3-venv gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf
-      libstdc++-arm-none-eabi-dev qemu-system-misc make g++ patch)
+      libstdc++-arm-none-eabi-dev qemu-system-misc make g++ g++-multilib patch)
 if [ "$what" = test ]; then
   pkgs+=(bazel-bootstrap bazel-rules-java)  # Bazel 4.2.3 builds the firmware too, offline
 fi
