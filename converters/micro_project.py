@@ -6,12 +6,15 @@ the model's ops and self-testing on embedded int8 inputs (or, with ``eval_images
 measuring accuracy on images in flash), tflq's kernels (``firmware_kernels``: packed
 low-bit ops and rv32 int8 kernels), the FE310 platform layer copied from micro/fe310,
 a Makefile and a Bazel workspace that compile TFLM from $TFLQ_TFLM_ROOT. Generating
-needs no TFLM sources and no cross toolchain.
+needs no cross toolchain.
 
-RAM is budgeted before anything is written: tensor arena + stack + static data
-(+ the model when it is in RAM) must fit the FE310's 16 KiB. The arena figure is an upper bound of the 32-bit
-arena, argued in ``arena_upper_bound`` and checked in QEMU by
-tests/test_firmware_qemu.py; the firmware's arena array is that size.
+The model is read and checked once at the entrance (``converters.model``). RAM is
+budgeted before anything is written: tensor arena + stack + static data (+ the model
+when it is in RAM) must fit the FE310's 16 KiB (``memory_budget``: with TFLM sources,
+TFLM's own arena on a 32-bit target; without, an upper bound from the wheel). Where
+tflq's kernels would not fit, ``_fitting_plan`` keeps TFLM's for some op types. The
+firmware's arena array is the budget's; tests/test_firmware_qemu.py checks it on the
+device.
 """
 from __future__ import annotations
 
@@ -479,6 +482,12 @@ def _render_files(flatbuffer, io, plan, inputs, budget, board,
                           f"An upper bound of the 32-bit arena: the 64-bit host interpreter "
                           f"used {budget.host_arena} B. The\n// actual use is printed as "
                           "STATS arena_bytes."),
+        "arena_note": ("The arena is TFLM's own on a 32-bit target (its ILP32 host build "
+                       f"with these kernels: {budget.host_arena} B used), plus what Prepare's "
+                       "temporaries need; the firmware prints its use."
+                       if budget.arena_source == "ilp32" else
+                       "The arena is an upper bound of what the 32-bit target uses; the "
+                       "firmware prints the real figure."),
         "arena_bytes": str(budget.arena),
         "model_bytes": str(len(flatbuffer)),
         "model_array": _c_bytes(flatbuffer),

@@ -138,7 +138,7 @@ def test_bazel_firmware_matches_host_interpreter_bit_for_bit(bazel_project, name
     stats = STATS.search(run.uart_text)
     assert stats, run.uart_text[-500:]
     instructions, arena, stack = map(int, stats.groups())
-    budget = micro_project.memory_budget(built.flatbuffer)
+    budget = micro_project.MemoryBudget(**firmware_run.project_info(built.project)["budget"])
     assert instructions > 1000 and 0 < arena <= budget.arena and 0 < stack <= budget.stack
 
 

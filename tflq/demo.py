@@ -36,7 +36,7 @@ class Row:
     device_images: int
     bit_exact: bool  # every OUTPUT line equals the host reference
     weight_bytes: int  # FC / conv weights + biases (packed blobs) in the firmware's model
-    flash_bytes: int  # the whole firmware image: code, constants, .data
+    flash_bytes: int  # the firmware image (code, constants, .data) less the test images
     ram_used: int  # arena + stack high water + static data, as measured on the device
     instructions: int  # per inference (minstret, QEMU -icount shift=0)
     kernels: str  # what the generator chose
@@ -133,14 +133,15 @@ def _firmware_row(folder: Path, name: str, result, x_test, y_test, count: int,
         scheme=name, tflite_accuracy=result.metrics["tflite_accuracy"],
         device_accuracy=float(np.mean(device.outputs.argmax(-1) == y_test[:count])),
         device_images=count, bit_exact=exact, weight_bytes=fb.weight_bytes(firmware_model),
-        flash_bytes=firmware_run.flash_bytes(device.elf),
+        flash_bytes=firmware_run.flash_bytes(device.elf) - int(inputs.nbytes),
         ram_used=device.arena_bytes + device.stack_bytes + ram - arena_array,
         instructions=device.instructions, kernels=info["kernels_note"])
 
 
 def format_table(rows: list[Row], device_images: int) -> str:
     head = ("| weights | TFLite accuracy (10,000) | device accuracy "
-            f"({device_images}) | device = host | weight bytes | flash | RAM used "
+            f"({device_images}) | device = host | weight bytes | flash (without the test "
+            "images) | RAM used "
             "(of 16,384) | instructions / inference | kernels |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
