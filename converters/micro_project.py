@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io as io_module
 import json
+import os
 import re
 import subprocess
 import sys
@@ -140,8 +141,12 @@ def _wheel_allocations(flatbuffer: bytes, name: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
         f.write(flatbuffer)
         f.flush()
-        done = subprocess.run([sys.executable, "-c", _ALLOCATE, f.name, str(_HOST_ARENA)],
-                              capture_output=True, text=True, timeout=300)
+        try:
+            done = subprocess.run([sys.executable, "-c", _ALLOCATE, f.name, str(_HOST_ARENA)],
+                                  capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            raise TflqError(f"{name}: TFLM's host interpreter ({tflm.HOST_WHEEL}) did not "
+                            "finish allocating it in 180 s") from None
     if done.returncode < 0:
         raise TflqError(f"{name}: TFLM's host interpreter ({tflm.HOST_WHEEL}) crashed (signal "
                         f"{-done.returncode}) allocating it: it is malformed in a way "
@@ -224,13 +229,50 @@ def _fitting_plan(flatbuffer: bytes, int8_flatbuffer: bytes, kernels: str, name:
     return plan, budget
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Project(os.PathLike):
+    """What ``generate_project`` wrote and every decision behind it. It is also the
+    project's path (``os.fspath(project)``, ``project / "Makefile"``)."""
+
+    path: Path
+    model_name: str
+    flatbuffer: bytes  # the firmware's own (packed, when any layer was)
+    plan: "firmware_kernels.KernelPlan"  # the kernel of each op type and why (plan.note)
+    packing: tuple  # packing.PackedOp per FC / conv layer: packed how, or why not
+    budget: MemoryBudget
+    test_inputs: "np.ndarray | None"  # the self-test's embedded inputs (None: accuracy firmware)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other) -> Path:
+        return self.path / other
+
+    def __getattr__(self, attribute):  # the rest of Path's interface: exists(), rglob(), ...
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        return getattr(self.path, attribute)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def packing_lines(self) -> list[str]:
+        return packing_lines(self.packing)
+
+
 def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
                      board: str = "hifive1-revb", test_inputs=None,
                      overwrite: bool = False, model_name: str | None = None,
                      pack: bool | None = None, kernels: str = "tflq",
                      model_in_ram: bool = False, eval_images=None, eval_labels=None,
-                     feature: str | None = None) -> Path:
-    """Writes a TFLM firmware project for ``flatbuffer`` into ``out_dir``; returns its path.
+                     feature: str | None = None) -> Project:
+    """Writes a TFLM firmware project for ``flatbuffer`` into ``out_dir``; returns the
+    ``Project`` (its path, and every decision: kernels, packing, budget).
 
     ``pack``: rewrite FC / CONV_2D / DEPTHWISE_CONV_2D layers whose weights take <= 4
     bits into TFLQ_PACKED ops (``converters.packing``); None (default) packs when at
@@ -307,7 +349,8 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     files = _render_files(flatbuffer, io, plan, inputs, budget, board, packed_ops,
                           variant=variant, model_in_ram=model_in_ram)
     _write_atomically(out_dir, files, overwrite)
-    return out_dir
+    return Project(out_dir, io.name, flatbuffer, plan, tuple(packed_ops), budget,
+                   None if variant is not None else inputs)
 
 
 def _placement_budget(budget: MemoryBudget, model_bytes: int, model_in_ram: bool,

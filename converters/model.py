@@ -25,6 +25,7 @@ _ITEM_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "
                "UINT64": 8, "UINT32": 4, "UINT16": 2}
 _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64}
 _MAX_DIM = 1 << 24
+_ZERO_POINT_RANGE = {"INT8": (-128, 127), "UINT8": (0, 255), "INT16": (-32768, 32767)}
 # Options tflq reads (converters.packing); TFLM would read defaults, tflq refuses.
 _OPTIONS = {"FULLY_CONNECTED": schema.FullyConnectedOptionsT, "CONV_2D": schema.Conv2DOptionsT,
             "DEPTHWISE_CONV_2D": schema.DepthwiseConv2DOptionsT}
@@ -162,6 +163,15 @@ def _typed(model, data: bytes, bad):
         operators.append(Operator(k, op_name, custom, ins, outs))
     if not operators:
         raise bad("no operators")
+    for m in model.metadata or []:
+        if not 0 <= m.buffer < len(buffers):
+            label = m.name.decode(errors="replace") if m.name else "?"
+            raise bad(f"metadata {label!r} names buffer {m.buffer}, but there are {len(buffers)}")
+    for sig in model.signatureDefs or []:
+        if sig.subgraphIndex != 0:
+            raise bad(f"a signature names subgraph {sig.subgraphIndex}")
+        for t in (*(sig.inputs or []), *(sig.outputs or [])):
+            index(t.tensorIndex, "a signature")
     for i in outputs:
         if i not in available:
             raise bad(f"output {tensors[i].name!r} is written by no operator")
@@ -202,6 +212,10 @@ def _tensor(i: int, t, buffers, data: bytes, bad) -> Tensor:
     zero_point = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None
                                         else []))
     dim = int(q.quantizedDimension) if q is not None else 0
+    if type_name in _ZERO_POINT_RANGE and zero_point:
+        low, high = _ZERO_POINT_RANGE[type_name]
+        if not all(low <= z <= high for z in zero_point):
+            raise bad(f"tensor {name!r} ({type_name}) has a zero point outside [{low}, {high}]")
     if scale:
         if not all(np.isfinite(s) and s > 0 for s in scale):
             raise bad(f"tensor {name!r} has a quantization scale that is not finite and > 0")

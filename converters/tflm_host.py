@@ -245,8 +245,12 @@ def arena_bytes_ilp32(flatbuffer: bytes, plan: firmware_kernels.KernelPlan,
     with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
         f.write(bytes(flatbuffer))
         f.flush()
-        done = subprocess.run([str(probe), f.name, str(ARENA_BYTES)], capture_output=True,
-                              text=True, timeout=300)
+        try:
+            done = subprocess.run([str(probe), f.name, str(ARENA_BYTES)], capture_output=True,
+                                  text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            raise TflqError(f"{name}: TFLM (32-bit host build) did not finish allocating it "
+                            "in 180 s") from None
     found = re.search(r"^ARENA (\d+) (\d+)$", done.stdout, re.M)
     if done.returncode != 0 or not found:
         why = (f"crashed (signal {-done.returncode})" if done.returncode < 0

@@ -117,8 +117,7 @@ def _firmware_row(folder: Path, name: str, result, x_test, y_test, count: int,
     inputs = io_quantization(result.flatbuffer)[0].quantize(x_test[:count])
     project = micro_project.generate_project(result.flatbuffer, folder / "firmware",
                                              test_inputs=inputs, model_name=f"demo_{name}")
-    info = firmware_run.project_info(project)
-    _progress(start, f"{name}: building the FE310 firmware ({info['kernels_note']})")
+    _progress(start, f"{name}: building the FE310 firmware ({project.plan.note})")
     firmware_run.build(project)
     _progress(start, f"{name}: running {count} images in qemu-system-riscv32 -M sifive_e")
     device = firmware_run.run(project, build_first=False)
@@ -128,14 +127,13 @@ def _firmware_row(folder: Path, name: str, result, x_test, y_test, count: int,
     exact = not firmware_run.mismatches(device.outputs, host)
     _progress(start, f"{name}: device {'equals' if exact else 'DIFFERS FROM'} {reference}")
     ram, arena_array = firmware_run.ram_sections(device.elf)
-    firmware_model = (project / firmware_run.MODEL_FILE).read_bytes()
     return Row(
         scheme=name, tflite_accuracy=result.metrics["tflite_accuracy"],
         device_accuracy=float(np.mean(device.outputs.argmax(-1) == y_test[:count])),
-        device_images=count, bit_exact=exact, weight_bytes=fb.weight_bytes(firmware_model),
+        device_images=count, bit_exact=exact, weight_bytes=fb.weight_bytes(project.flatbuffer),
         flash_bytes=firmware_run.flash_bytes(device.elf) - int(inputs.nbytes),
         ram_used=device.arena_bytes + device.stack_bytes + ram - arena_array,
-        instructions=device.instructions, kernels=info["kernels_note"])
+        instructions=device.instructions, kernels=project.plan.note)
 
 
 def format_table(rows: list[Row], device_images: int) -> str:

@@ -78,7 +78,15 @@ def _known_classes() -> set[str]:
     from tflq import quantizers
 
     names = {n for n in dir(keras.layers) if n[:1].isupper()}
-    names |= {n for n in dir(tfmot.quantization.keras.quantizers) if n[:1].isupper()}
+    from tensorflow_model_optimization.python.core.quantization.keras import (
+        quantize_aware_activation)
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs, default_8bit_quantize_registry)
+
+    # tfmot's own classes a QAT model's config names (wrappers, configs, quantizers).
+    for module in (tfmot.quantization.keras.quantizers, quantize_aware_activation,
+                   default_8bit_quantize_configs, default_8bit_quantize_registry):
+        names |= {n for n in dir(module) if n[:1].isupper()}
     names |= {type(quantizers.get(alias)).__name__ for alias in quantizers.ALIASES}
     names |= {n for n in dir(keras.initializers) if n[:1].isupper()}
     names |= {n for n in dir(keras.regularizers) if n[:1].isupper()}

@@ -15,7 +15,7 @@ import os
 from absl import flags
 import numpy as np
 
-from converters import firmware_kernels, firmware_run, micro_project, packing, tflm
+from converters import firmware_kernels, micro_project, packing, tflm
 from converters import model as typed_model
 from tflq import datasets, outputs
 from tflq.cli import flags_common
@@ -60,15 +60,13 @@ def main():
                                          test_inputs=inputs, model_name=name,
                                          overwrite=flags_common.OVERWRITE.value, pack=pack,
                                          kernels=_KERNELS.value)
-    info = firmware_run.project_info(out)
-    for line in info["packing"]:
+    for line in out.packing_lines:
         print(line)
-    if pack and not info["packed"]:
+    if pack and not out.plan.packed:
         print("--pack=on: no layer has weights of <= 4 bits; the model stays int8")
-    budget = micro_project.MemoryBudget(**info["budget"])
-    print(f"kernels: {info['kernels_note']}\n"
+    print(f"kernels: {out.plan.note}\n"
           f"inputs: {note}\n"
-          f"wrote {out}: {budget.describe()}\n"
+          f"wrote {out}: {out.budget.describe()}\n"
           f"build: make -C {out}    run in QEMU: make -C {out} qemu   (TFLQ_TFLM_ROOT: a "
           f"folder with the TFLM sources; converters.tflm.source_root() unpacks one)")
 
