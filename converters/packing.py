@@ -319,6 +319,8 @@ def layer_of_op(model, op) -> Layer | str:
         return "not int8 activations and weights"
     if w.data is None:
         return "weights are not a constant tensor"
+    if not (x.scale.size and w.scale.size and y.scale.size):
+        return "an input, weight or output tensor has no quantization scale"
     if w.zero_point.size and np.any(w.zero_point != 0):
         return "weights have a non-zero zero point"
     has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
