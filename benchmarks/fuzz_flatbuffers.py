@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,7 @@ def base_models(folder: Path) -> list[Path]:
 def _worker(bases: list[Path], seed: int, start: int, stop: int, run_host: bool) -> None:
     """One line per mutant on stdout: ``<index> <outcome>|<detail>``."""
     from tflq import _env  # noqa: F401
-    from converters import micro_project, model, tflm_host
+    from converters import firmware_run, micro_project, model
     from tflq.errors import TflqError
 
     data = [p.read_bytes() for p in bases]
@@ -103,10 +104,8 @@ def _worker(bases: list[Path], seed: int, start: int, stop: int, run_host: bool)
                         outcome = ("refused by generate_project", str(e))
                     else:
                         if run_host:
-                            from converters import firmware_run
                             firmware_run.host_reference(project)
                         outcome = ("accepted", ", ".join(checked.op_names))
-                        import shutil
                         shutil.rmtree(project)
                 if "\n" in outcome[1]:
                     outcome = ("traceback", "a multi-line message: " + outcome[1][:200])

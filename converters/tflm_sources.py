@@ -134,8 +134,7 @@ def local_root() -> Path | None:
             return root()
     except TflqError:
         return None
-    key = hashlib.sha256("".join(d.tree_sha256 for d in DOWNLOADS).encode()).hexdigest()[:16]
-    downloaded = cache_dir() / "tflm-src" / f"download-{key}"
+    downloaded = _download_target(DOWNLOADS)
     return downloaded if (downloaded / COMMIT_MARKER).is_file() else None
 
 
@@ -165,8 +164,7 @@ def download(downloads: tuple[Download, ...] | None = None) -> Path:
     """The pinned trees (``DOWNLOADS`` unless given), downloaded and checked once into
     the cache."""
     downloads = DOWNLOADS if downloads is None else downloads
-    key = hashlib.sha256("".join(d.tree_sha256 for d in downloads).encode()).hexdigest()[:16]
-    target = cache_dir() / "tflm-src" / f"download-{key}"
+    target = _download_target(downloads)
     if (target / COMMIT_MARKER).is_file():
         return target
 
@@ -199,6 +197,12 @@ def download(downloads: tuple[Download, ...] | None = None) -> Path:
         (tmp / COMMIT_MARKER).write_text(TFLM_COMMIT + "\n")
 
     return _publish(target, fill)
+
+
+def _download_target(downloads: tuple[Download, ...]) -> Path:
+    """The cache folder the pinned trees of ``downloads`` are unpacked into."""
+    key = hashlib.sha256("".join(d.tree_sha256 for d in downloads).encode()).hexdigest()[:16]
+    return cache_dir() / "tflm-src" / f"download-{key}"
 
 
 def _extract(archive: Path, into: Path, what: str) -> None:

@@ -11,12 +11,8 @@ The TFLM sources come from ``converters.tflm_sources`` (``TFLQ_TFLM_ROOT``,
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +20,7 @@ import numpy as np
 
 from converters import firmware_run, micro_project, tflm
 from converters import flatbuffer as fb
-from tflq import datasets, outputs, pipeline
+from tflq import _env, datasets, outputs, pipeline
 from tflq.schemes import Scheme
 
 
@@ -46,28 +42,13 @@ def _progress(start: float, text: str) -> None:
     print(f"[{time.perf_counter() - start:6.1f} s] {text}", flush=True)
 
 
-@contextlib.contextmanager
-def _tensorflow_log():
-    """TensorFlow's own log lines (C++ stderr) go to a file, not the screen; yields it."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield log
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def run(output_dir: str, low_bit: str = "log3", epochs: float = 3, qat_epochs: float = 1,
         device_images: int = 100, overwrite: bool = False) -> list[Row]:
     """Runs the demo into ``output_dir`` (written atomically) and returns its table rows."""
     outputs.check_free(output_dir, overwrite)
     tflm.source_root()  # the TFLM sources first: one line naming what to set if absent
     start = time.perf_counter()
-    with outputs.atomic_dir(output_dir, overwrite) as tmp, _tensorflow_log() as log:
+    with outputs.atomic_dir(output_dir, overwrite) as tmp, _env.stderr_to_tempfile() as log:
         tmp = Path(tmp)
         rows = _run(tmp, start, low_bit, epochs, qat_epochs, device_images)
         log.seek(0)

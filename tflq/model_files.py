@@ -54,11 +54,10 @@ def unsafe_layers(config, known: set[str]) -> list[str]:
     def walk(node):
         if isinstance(node, dict):
             cls = node.get("class_name")
+            config = node.get("config") if isinstance(node.get("config"), dict) else {}
             if isinstance(cls, str):
-                name = (node.get("config") or {}).get("name", "?") if isinstance(
-                    node.get("config"), dict) else "?"
-                if cls in _CODE_LAYERS or ("function" in (node.get("config") or {})
-                                           if isinstance(node.get("config"), dict) else False):
+                name = config.get("name", "?")
+                if cls in _CODE_LAYERS or "function" in config:
                     found.append(f"{name!r} ({cls}: it carries Python code)")
                 elif cls not in known and cls.split(">")[-1] not in known:
                     found.append(f"{name!r} ({cls}: a class tflq does not know)")

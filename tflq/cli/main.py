@@ -6,7 +6,6 @@
 import contextlib
 import os
 import sys
-import tempfile
 
 from tflq import _env  # noqa: F401  -- before TensorFlow
 
@@ -17,20 +16,17 @@ from absl import app
 def _quiet_stderr():
     """TensorFlow's C++ start-up lines (oneDNN, CUDA probes) go to file descriptor 2 while
     it is imported; they are dropped unless the import itself fails."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
+    failed, text = None, ""
+    with _env.stderr_to_tempfile() as log:
         try:
             yield
-        except BaseException:
-            os.dup2(saved, 2)
+        except BaseException as e:  # noqa: BLE001 -- shown with its log, then raised
+            failed = e
             log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            text = log.read().decode(errors="replace")
+    if failed is not None:
+        sys.stderr.write(text)
+        raise failed
 
 
 with _quiet_stderr():

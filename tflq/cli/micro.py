@@ -17,6 +17,7 @@ import numpy as np
 
 from converters import firmware_kernels, micro_project, packing, tflm
 from converters import model as typed_model
+from converters.tflite import QuantParams
 from tflq import datasets, outputs
 from tflq.cli import flags_common
 from tflq.errors import TflqError
@@ -75,8 +76,8 @@ def _self_test_inputs(checked):
     """(inputs for generate_project, what they are): --inputs, else --dataset images when
     they fit the model's input, else one input of zero points."""
     tensor = checked.tensors[checked.inputs[0]]
-    scale = tensor.scale[0] if tensor.scale else 1.0
-    zero_point = tensor.zero_point[0] if tensor.zero_point else 0
+    in_q = QuantParams(tensor.scale[0] if tensor.scale else 1.0,
+                       tensor.zero_point[0] if tensor.zero_point else 0)
     want = f"(count, {', '.join(map(str, tensor.shape[1:]))}) int8, or float to quantize"
     if _INPUTS.value:
         try:
@@ -86,7 +87,7 @@ def _self_test_inputs(checked):
         if x.dtype.kind == "f":
             if not np.all(np.isfinite(x)):
                 raise TflqError(f"--inputs {_INPUTS.value}: holds NaN or Inf")
-            x = np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+            x = in_q.quantize(x)
         elif x.dtype != np.int8:
             raise TflqError(f"--inputs {_INPUTS.value}: {x.dtype} values; the model wants {want}")
         return x, f"{len(x)} from {_INPUTS.value}"
@@ -102,5 +103,4 @@ def _self_test_inputs(checked):
             raise TflqError(f"{message}: pass --inputs=x.npy of shape {want}, or --test_inputs=0")
         return None, f"one input of zero points ({message}; pass --inputs=x.npy for real ones)"
     x = x_test[:_TEST_INPUTS.value]
-    q = np.clip(np.round(np.asarray(x, np.float32) / scale) + zero_point, -128, 127)
-    return q.astype(np.int8), f"{len(x)} test images of --dataset={dataset}"
+    return in_q.quantize(x), f"{len(x)} test images of --dataset={dataset}"
