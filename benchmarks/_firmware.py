@@ -15,8 +15,8 @@ import tflq  # noqa: E402,F401  -- before TensorFlow
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from converters import firmware_kernels, firmware_run, micro_project, tflm_host  # noqa: E402
-from converters import flatbuffer as fb  # noqa: E402
+from tflq.converters import firmware_kernels, firmware_run, micro_project, tflm_host  # noqa: E402
+from tflq.converters import flatbuffer as fb  # noqa: E402
 
 NUM_INPUTS = 8
 

@@ -67,7 +67,7 @@ def base_models(folder: Path) -> list[Path]:
     """The models to mutate, written to ``folder`` (built with plain TF, random weights)."""
     sys.path.insert(0, str(ROOT / "tests"))
     import _models
-    from converters import packing
+    from tflq.converters import packing
 
     paths = []
     for name in ("mlp", "small_cnn", "dw_softmax"):
@@ -83,7 +83,7 @@ def base_models(folder: Path) -> list[Path]:
 def _worker(bases: list[Path], seed: int, start: int, stop: int, run_host: bool) -> None:
     """One line per mutant on stdout: ``<index> <outcome>|<detail>``."""
     from tflq import _env  # noqa: F401
-    from converters import firmware_run, micro_project, model
+    from tflq.converters import firmware_run, micro_project, model
     from tflq.errors import TflqError
 
     data = [p.read_bytes() for p in bases]
@@ -116,7 +116,7 @@ def _worker(bases: list[Path], seed: int, start: int, stop: int, run_host: bool)
 
 def run(mutants: int, seed: int = 0, run_host: bool | None = None) -> dict:
     """Fuzzes ``mutants`` mutants; returns counts by outcome and examples."""
-    from converters import tflm
+    from tflq.converters import tflm
 
     if run_host is None:
         run_host = tflm.source_root(required=False) is not None

@@ -15,7 +15,7 @@ from _firmware import NUM_INPUTS, int8_flatbuffer, measure  # sets sys.path, imp
 
 import tf_keras as keras  # noqa: E402
 
-from converters import tflm  # noqa: E402
+from tflq.converters import tflm  # noqa: E402
 from tflq import models  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "micro_reference.md"

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 import tflq  # noqa: E402
-from converters import packing, tflm  # noqa: E402
+from tflq.converters import packing, tflm  # noqa: E402
 from tflq import datasets, models, pipeline  # noqa: E402
 from tflq.schemes import Scheme  # noqa: E402
 

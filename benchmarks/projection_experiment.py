@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from converters import features, micro_project, tflm, tflm_host, toolchain  # noqa: E402
+from tflq.converters import features, micro_project, tflm, tflm_host, toolchain  # noqa: E402
 from tflq import datasets, models, report  # noqa: E402
 from tflq.errors import TflqError  # noqa: E402
 from tflq.layers import profile_matrix  # noqa: E402

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from conftest import conv_bn_model  # noqa: E402
-from converters import flatbuffer as fb, requantize, tflm_host  # noqa: E402
+from tflq.converters import flatbuffer as fb, requantize, tflm_host  # noqa: E402
 from tflq import datasets, models, pipeline  # noqa: E402
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters import requantize
+from tflq.converters import requantize
 from tflq.layers import bin_index, bin_sizes
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from converters import flatbuffer as fb
-from converters import packing, tflm
+from tflq.converters import flatbuffer as fb
+from tflq.converters import packing, tflm
 from tflq.errors import TflqError
+from tflq.converters.micro_dir import MICRO_DIR
 
 KERNEL_CHOICES = ("tflq", "reference")
-_MICRO_KERNELS = Path(__file__).resolve().parent.parent / "micro" / "kernels"
+_MICRO_KERNELS = MICRO_DIR / "kernels"
 PROJECT_DIR = "tflq_kernels"
 # Builtin op -> the TFLM kernel file tflq's rv32 version replaces (same file name).
 RV32_INT8 = {"FULLY_CONNECTED": "fully_connected", "CONV_2D": "conv",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import tflm, tflm_host, toolchain
+from tflq.converters import tflm, tflm_host, toolchain
 from tflq.errors import TflqError
 
 QEMU_ELF = "build/hifive1-reva-qemu/firmware.elf"

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import toolchain
+from tflq.converters import toolchain
+from tflq.converters.micro_dir import MICRO_DIR
 from tflq.errors import TflqError
 
-KERNELS_DIR = Path(__file__).resolve().parent.parent / "micro" / "kernels"
+KERNELS_DIR = MICRO_DIR / "kernels"
 C_SOURCES = tuple(KERNELS_DIR / n for n in ("layer_check.c", "layer_eval.c"))
 _LAYER_BYTES = 512  # >= sizeof(tflq_layer_t) on any host
 

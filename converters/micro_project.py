@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 
-from converters import (firmware_kernels, firmware_run, packing, tflm, tflm_host, tflm_sources,
+from tflq.converters import (firmware_kernels, firmware_run, packing, tflm, tflm_host, tflm_sources,
                         toolchain)
-from converters import flatbuffer as fb
-from converters import model as typed_model
+from tflq.converters import flatbuffer as fb
+from tflq.converters import model as typed_model
+from tflq.converters.micro_dir import MICRO_DIR
 from tflq import outputs
 from tflq.errors import TflqError
 
@@ -373,7 +374,7 @@ def _model_in_ram_error(name: str, budget: MemoryBudget, model_bytes: int) -> st
 
 # The accuracy firmware: templates/main_eval.cc, with the images in test_data.{h,cc}.
 FEATURES = ("projection_profiles",)
-_FEATURE_DIR = Path(__file__).resolve().parent.parent / "micro" / "features"
+_FEATURE_DIR = MICRO_DIR / "features"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,8 +390,8 @@ class _Variant:
 def _eval_variant(flatbuffer: bytes, io: _IO, eval_images, eval_labels,
                   feature: str | None) -> _Variant:
     """main_eval.cc + the images, labels and feature parameters in test_data.{h,cc}."""
-    from converters import features as host_features
-    from converters.tflite import io_quantization
+    from tflq.converters import features as host_features
+    from tflq.converters.tflite import io_quantization
 
     if feature is not None and feature not in FEATURES:
         raise TflqError(f"unknown feature {feature!r}: choose one of {', '.join(FEATURES)} "
@@ -608,8 +609,8 @@ def _placement_values(model_in_ram: bool) -> dict:
 _BAZEL_TEMPLATES = {"WORKSPACE.tmpl": "WORKSPACE", "bazelrc.tmpl": ".bazelrc",
                     "BUILD.tmpl": "BUILD", "fe310_BUILD.tmpl": "fe310/BUILD",
                     "bazel_BUILD.tmpl": "bazel/BUILD", "tflm.bzl.tmpl": "bazel/tflm.bzl"}
-_BAZEL_COPIES = {_PLATFORM.parent / "toolchain": "bazel/toolchain",
-                 _PLATFORM.parent.parent / "tools/bazel/rules_cc_shim": "bazel/rules_cc_shim"}
+_BAZEL_COPIES = {MICRO_DIR / "toolchain": "bazel/toolchain",
+                 MICRO_DIR / "bazel/rules_cc_shim": "bazel/rules_cc_shim"}
 
 
 def _bazel_files(values: dict, plan) -> dict[str, str | bytes]:

@@ -14,8 +14,8 @@ import dataclasses
 
 import numpy as np
 
-from converters import flatbuffer as fb
-from converters import verifier
+from tflq.converters import flatbuffer as fb
+from tflq.converters import verifier
 from tflq.errors import TflqError
 
 schema = fb.schema

@@ -19,8 +19,8 @@ import struct
 
 import numpy as np
 
-from converters import flatbuffer as fb
-from converters.requantize import double_rounding, quantize_multiplier
+from tflq.converters import flatbuffer as fb
+from tflq.converters.requantize import double_rounding, quantize_multiplier
 from tflq.errors import TflqError
 
 CUSTOM_CODE = "TFLQ_PACKED"

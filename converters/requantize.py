@@ -51,7 +51,7 @@ def single_rounding(acc, q: int, shift: int) -> np.ndarray:
 
 def fully_connected(model, op, inputs_int8: np.ndarray, rounding) -> np.ndarray:
     """A per-tensor int8 FULLY_CONNECTED op of a flatbuffer, in numpy with ``rounding``."""
-    from converters import flatbuffer as fb
+    from tflq.converters import flatbuffer as fb
 
     x, w, b, y = (fb.tensor(model, i) for i in (*op.inputs[:3], op.outputs[0]))
     acc = (np.asarray(inputs_int8, np.int64).reshape(len(inputs_int8), -1) - x.zero_point[0]) \

@@ -107,7 +107,7 @@ class LowBitLayer:
 def low_bit_layers(qat_model, flatbuffer: bytes) -> list[LowBitLayer]:
     """Finds each low-bit layer's int8 weight tensor and checks it holds exactly
     the quantizer's levels (compared with the QAT model's quantized weights)."""
-    from converters import flatbuffer as fb
+    from tflq.converters import flatbuffer as fb
     from tflq.qat import LowBitWeightQuantizer, quantized_kernels
 
     model = fb.load(flatbuffer)

@@ -18,7 +18,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from converters import toolchain, tflm_sources
+from tflq.converters import toolchain, tflm_sources
 from tflq.errors import TflqError
 
 ROOT_ENV = tflm_sources.ROOT_ENV

@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import firmware_kernels, tflm, tflm_sources
-from converters import model as typed_model
+from tflq.converters import firmware_kernels, tflm, tflm_sources
+from tflq.converters import model as typed_model
+from tflq.converters.micro_dir import MICRO_DIR
 from tflq.errors import TflqError
 
-HOST_API = Path(__file__).resolve().parent.parent / "micro" / "host" / "tflm_host.cc"
+HOST_API = MICRO_DIR / "host" / "tflm_host.cc"
 ARENA_BYTES = 8 * 1024 * 1024
 _FLATBUFFERS_PATCH = "tensorflow/lite/micro/tools/make/flatbuffers.patch"
 # The host port: TFLM's own micro_time.cc and system_setup.cc; DebugLog is tflm_host.cc's.
@@ -87,7 +88,7 @@ HOST64 = _Target("host-obj", ("-fPIC", "-fvisibility=hidden"), ("-shared", "-Wl,
 # rv32's ilp32 does (4-byte pointers and size_t, 8-byte-aligned int64 and double), so
 # TFLM's arena use is the firmware's, byte for byte (tests/test_firmware_qemu.py).
 ILP32 = _Target("host-obj-ilp32", ("-m32", "-malign-double"), ("-m32",))
-ARENA_PROBE = Path(__file__).resolve().parent.parent / "micro" / "host" / "arena_probe.cc"
+ARENA_PROBE = MICRO_DIR / "host" / "arena_probe.cc"
 
 
 def _cxx_flags(target: _Target) -> tuple[str, ...]:

@@ -19,9 +19,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tflq.converters.micro_dir import MICRO_DIR
 from tflq.errors import TflqError
 
-FE310_DIR = Path(__file__).resolve().parent.parent / "micro" / "fe310"
+FE310_DIR = MICRO_DIR / "fe310"
 PLATFORM_C_SOURCES = ("fe310.c", "uart.c")
 PLATFORM_CXX_SOURCES = ("tflm_port.cc",)
 BOARDS = {"hifive1-reva": "hifive1-reva.ld", "hifive1-revb": "hifive1-revb.ld"}

@@ -15,14 +15,15 @@ import os
 import subprocess
 from pathlib import Path
 
-from converters import tflm_sources
+from tflq.converters import tflm_sources
+from tflq.converters.micro_dir import MICRO_DIR
 
-SOURCE = Path(__file__).resolve().parent.parent / "micro" / "host" / "verify.cc"
+SOURCE = MICRO_DIR / "host" / "verify.cc"
 
 
 @functools.lru_cache(maxsize=None)
 def _library(root: Path):
-    from converters.tflm_host import _cxx  # the host compiler, found once
+    from tflq.converters.tflm_host import _cxx  # the host compiler, found once
 
     cxx = _cxx()
     key = hashlib.sha256(f"{root.resolve()}\n{SOURCE.read_text()}".encode()).hexdigest()[:16]

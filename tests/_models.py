@@ -109,5 +109,5 @@ def random_inputs(flatbuffer: bytes, count: int, seed=1) -> np.ndarray:
 
 
 def with_codebook(flatbuffer: bytes, levels, seed=0) -> bytes:
-    from converters.packing import with_weight_levels
+    from tflq.converters.packing import with_weight_levels
     return with_weight_levels(flatbuffer, levels, seed)

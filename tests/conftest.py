@@ -43,7 +43,7 @@ def accuracy(model, x, y) -> float:
 def firmware_tools():
     """TFLM sources (converters.tflm_sources: TFLQ_TFLM_ROOT, TFLQ_TFLM_ARCHIVE or the
     pinned downloads), the riscv toolchain and QEMU; skips naming what is missing."""
-    from converters import tflm, toolchain
+    from tflq.converters import tflm, toolchain
     from tflq.errors import TflqError
 
     try:

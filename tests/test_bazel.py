@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from converters import toolchain
+from tflq.converters import toolchain
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from converters import firmware_run, micro_project
+from tflq.converters import firmware_run, micro_project
 
 pytestmark = [pytest.mark.firmware, pytest.mark.usefixtures("firmware_tools")]
 
@@ -48,7 +48,7 @@ def test_model_runs_on_the_device_as_the_host_reference_says(name, shared_models
 
 
 def _random_inputs(flatbuffer, count):
-    from converters import model
+    from tflq.converters import model
     checked = model.read(flatbuffer)
     shape = checked.tensors[checked.inputs[0]].shape[1:]
     return np.random.default_rng(0).integers(-128, 128, (count, *shape), dtype=np.int8)

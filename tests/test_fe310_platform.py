@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from converters import toolchain
-from converters.toolchain import FE310_DIR
+from tflq.converters import toolchain
+from tflq.converters.toolchain import FE310_DIR
 from tflq.errors import TflqError
 
 LOOP_N = 1000  # SELFTEST_LOOP_N in selftest.c

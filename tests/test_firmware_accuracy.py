@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from converters import features, firmware_run, micro_project
+from tflq.converters import features, firmware_run, micro_project
 from tflq.errors import TflqError
 
 NUM_IMAGES = 200

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from converters import firmware_kernels, firmware_run, micro_project, tflm, tflm_sources, toolchain
+from tflq.converters import firmware_kernels, firmware_run, micro_project, tflm, tflm_sources, toolchain
 
 NUM_INPUTS = 8
 STATS = re.compile(r"^STATS instructions_per_inference=(\d+) arena_bytes=(\d+) "
@@ -66,7 +66,7 @@ def test_project_is_a_bazel_workspace_compiling_the_makefiles_sources(tmp_path):
                                                         re.M).group(1)
     # The toolchain and the rules_cc shim are copies of tflq's own, byte for byte.
     for ours, copy in ((REPO / "micro/toolchain", "bazel/toolchain"),
-                       (REPO / "tools/bazel/rules_cc_shim", "bazel/rules_cc_shim")):
+                       (REPO / "micro/bazel/rules_cc_shim", "bazel/rules_cc_shim")):
         for path in (p for p in ours.rglob("*") if p.is_file()):
             assert (project / copy / path.relative_to(ours)).read_bytes() == path.read_bytes()
     rule = (project / "bazel/tflm.bzl").read_text()

@@ -6,8 +6,8 @@ import pytest
 
 import tflq
 from conftest import conv_bn_model
-from converters import firmware_run, micro_project, tflm_host
-from converters.tflite import low_bit_layers
+from tflq.converters import firmware_run, micro_project, tflm_host
+from tflq.converters.tflite import low_bit_layers
 from test_firmware_qemu import build_and_run
 from tflq import models, pipeline
 from tflq.schemes import Scheme

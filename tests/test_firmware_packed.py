@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import _models
-from converters import firmware_run, micro_project, packing, tflm_host
+from tflq.converters import firmware_run, micro_project, packing, tflm_host
 from test_firmware_qemu import build_and_run
 
 pytestmark = [pytest.mark.firmware, pytest.mark.usefixtures("firmware_tools")]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from converters import firmware_kernels, firmware_run, micro_project, tflm, tflm_host, toolchain
+from tflq.converters import firmware_kernels, firmware_run, micro_project, tflm, tflm_host, toolchain
 
 pytestmark = [pytest.mark.firmware, pytest.mark.usefixtures("firmware_tools")]
 

@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from converters import kernels, packing, toolchain
-from converters.requantize import double_rounding
+from tflq.converters import kernels, packing, toolchain
+from tflq.converters.requantize import double_rounding
 from tflq.errors import TflqError
 
 # Codebooks in int8 units, as tflq's quantizers export them.

@@ -10,8 +10,8 @@ import pytest
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
 
-from converters import flatbuffer as fb
-from converters import firmware_kernels, micro_project, tflm
+from tflq.converters import flatbuffer as fb
+from tflq.converters import firmware_kernels, micro_project, tflm
 from tflq.errors import TflqError
 
 PROJECT_FILES = {
@@ -193,7 +193,7 @@ def test_default_self_test_input_is_the_zero_point(models, tmp_path):
 
 
 def test_missing_tflm_sources_name_what_to_set(monkeypatch, tmp_path):
-    from converters import tflm_sources
+    from tflq.converters import tflm_sources
     monkeypatch.setenv(tflm_sources.CACHE_ENV, str(tmp_path / "cache"))
     offline = tuple(d.with_url(f"file://{tmp_path}/absent-{d.name}.tar.gz")
                     for d in tflm_sources.DOWNLOADS)
@@ -225,7 +225,7 @@ def test_makefile_without_tflm_root_says_what_to_set(models, tmp_path):
 def test_kernel_plan_keeps_reference_kernels_for_layers_tflq_kernels_refuse():
     """A 10x8 depthwise kernel (80 taps, as in TFLM's micro_speech) is beyond tflq's
     depthwise kernel: that op type keeps TFLM's, and the plan says which layer and why."""
-    from converters import firmware_kernels
+    from tflq.converters import firmware_kernels
     L = _models.L
     model = _models.keras.Sequential([L.InputLayer((49, 40, 1)),
                                       L.DepthwiseConv2D((10, 8), strides=2, name="dw"),

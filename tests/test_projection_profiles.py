@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from converters import features, toolchain
+from tflq.converters import features, toolchain
 from tflq import datasets
 from tflq.layers import ProjectionProfiles, bin_sizes
 

@@ -6,7 +6,7 @@ import tf_keras as keras
 
 import tflq
 from conftest import accuracy
-from converters import flatbuffer as fb, requantize, tflm_host
+from tflq.converters import flatbuffer as fb, requantize, tflm_host
 from tflq import models, pipeline
 from tflq.qat import fold_batch_norms
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from converters import tflm_sources
+from tflq.converters import tflm_sources
 from tflq.errors import TflqError
 
 _REAL_ARCHIVE = os.environ.get(tflm_sources.ARCHIVE_ENV)  # read before the fixture unsets it

@@ -18,9 +18,10 @@ from tflq.errors import TflqError
 _NAMES = {
     "quantize_model": ("tflq.qat", "quantize_model"),
     "quantize_scope": ("tflq.qat", "quantize_scope"),
-    "convert": ("converters.tflite", "convert"),
-    "io_quantization": ("converters.tflite", "io_quantization"),
-    "QuantParams": ("converters.tflite", "QuantParams"),
+    "convert": ("tflq.converters.tflite", "convert"),
+    "io_quantization": ("tflq.converters.tflite", "io_quantization"),
+    "QuantParams": ("tflq.converters.tflite", "QuantParams"),
+    "converters": ("tflq.converters", None),
     **{m: (f"tflq.{m}", None) for m in ("calibration", "datasets", "demo", "inq", "layers",
                                         "micro", "models", "pipeline", "qat", "quantizers",
                                         "report", "schemes")},

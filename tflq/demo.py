@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import firmware_run, micro_project, tflm
-from converters import flatbuffer as fb
+from tflq.converters import firmware_run, micro_project, tflm
+from tflq.converters import flatbuffer as fb
 from tflq import _env, datasets, outputs, pipeline
 from tflq.schemes import Scheme
 
@@ -93,7 +93,7 @@ def _run(tmp: Path, start: float, low_bit: str, epochs: float, qat_epochs: float
 
 def _firmware_row(folder: Path, name: str, result, x_test, y_test, count: int,
                   start: float) -> Row:
-    from converters.tflite import io_quantization
+    from tflq.converters.tflite import io_quantization
 
     inputs = io_quantization(result.flatbuffer)[0].quantize(x_test[:count])
     project = micro_project.generate_project(result.flatbuffer, folder / "firmware",

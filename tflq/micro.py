@@ -5,4 +5,4 @@
 
 The implementation is the conversion stage's (``converters.micro_project``).
 """
-from converters.micro_project import BOARDS, MemoryBudget, generate_project, memory_budget  # noqa: F401
+from tflq.converters.micro_project import BOARDS, MemoryBudget, generate_project, memory_budget  # noqa: F401

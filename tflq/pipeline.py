@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from converters.tflite import convert, io_quantization
+from tflq.converters.tflite import convert, io_quantization
 from tflq import datasets, models
 from tflq.qat import quantize_model
 

@@ -8,7 +8,7 @@ A QAT model (saved by tflq) converts as it is; a float model is quantized with
 from absl import flags, logging
 import tf_keras as keras
 
-from converters.tflite import convert
+from tflq.converters.tflite import convert
 from tflq import datasets, model_files, outputs
 from tflq.cli import flags_common
 from tflq.errors import TflqError

@@ -15,9 +15,9 @@ import os
 from absl import flags
 import numpy as np
 
-from converters import firmware_kernels, micro_project, packing, tflm
-from converters import model as typed_model
-from converters.tflite import QuantParams
+from tflq.converters import firmware_kernels, micro_project, packing, tflm
+from tflq.converters import model as typed_model
+from tflq.converters.tflite import QuantParams
 from tflq import datasets, outputs
 from tflq.cli import flags_common
 from tflq.errors import TflqError
