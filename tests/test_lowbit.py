@@ -4,7 +4,7 @@ import pytest
 import tf_keras as keras
 
 import tflq
-from converters.tflite import low_bit_layers
+from tflq.converters.tflite import low_bit_layers
 from tflq import inq, models, pipeline, quantizers
 from tflq.errors import TflqError
 from tflq.schemes import Scheme
@@ -147,8 +147,53 @@ def test_activation_layers_keep_the_scheme_weight_quantizer(digits):
         assert layer.ok and 1 < layer.max_levels_seen <= 15, layer
 
 
-def test_a_relu6_layer_after_a_conv_is_refused_naming_both():
-    model = keras.Sequential([L.InputLayer((8, 8, 1)), L.Conv2D(4, 3, name="c1"),
-                              L.ReLU(6.0, name="r6"), L.Flatten(), L.Dense(3, name="o")])
-    with pytest.raises(TflqError, match=r"layer 'c1' \(Conv2D\) got no weight quantizer.*'r6'"):
-        tflq.quantize_model(model, scheme="int8")
+def relu_layers_model():
+    """ReLU layers the converter fuses (ReLU6) and one it does not (leaky), each after
+    the op they follow: tfmot's LayerReLUQuantize left such ops with float weights."""
+    x = inputs = L.Input((8, 8, 1))
+    x = L.Conv2D(4, 3, name="c1")(x)
+    x = L.ReLU(6.0, name="r6")(x)
+    x = L.DepthwiseConv2D(3, name="dw")(x)
+    x = L.ReLU(6.0, name="r6b")(x)
+    x = L.Flatten()(x)
+    x = L.Dense(8, name="fc")(x)
+    x = L.ReLU(negative_slope=0.1, name="leaky")(x)
+    return keras.Model(inputs, L.Dense(3, name="o")(x))
+
+
+@pytest.mark.parametrize("weights", ["int8", "log4"])
+def test_relu6_and_leaky_relu_layers_keep_the_weight_quantizer(weights, tmp_path):
+    import tensorflow as tf
+    from tflq.converters import model as typed_model
+
+    keras.utils.set_random_seed(0)
+    data = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    scheme = "int8" if weights == "int8" else Scheme(weights=weights, first_last_int8=False)
+    qat = tflq.quantize_model(relu_layers_model(), scheme=scheme, calibration_data=data)
+    flatbuffer = tflq.convert(qat)
+    ops = [op.op for op in typed_model.read(flatbuffer).operators]
+    # ReLU6 is fused into CONV_2D and DEPTHWISE_CONV_2D; the leaky ReLU is an op.
+    assert ops == ["CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "FULLY_CONNECTED", "LEAKY_RELU",
+                   "FULLY_CONNECTED"], ops
+    if weights != "int8":
+        layers = {l.layer: l for l in low_bit_layers(qat, flatbuffer)}
+        assert set(layers) == {"c1", "dw", "fc", "o"}, layers
+        assert all(l.ok and 1 < l.max_levels_seen <= 15 for l in layers.values()), layers
+
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    interpreter.allocate_tensors()
+    given, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = given["quantization"]
+    agree = 0
+    for x, expected in zip(data, qat.predict(data, verbose=0)):
+        interpreter.set_tensor(given["index"],
+                               np.clip(np.rint(x[None] / scale + zero), -128, 127).astype(np.int8))
+        interpreter.invoke()
+        agree += int(interpreter.get_tensor(out["index"]).argmax() == expected.argmax())
+    assert agree / len(data) >= 0.95
+
+    qat.save(tmp_path / "qat.h5")  # the weights-only configs survive a save
+    with tflq.quantize_scope():
+        loaded = keras.models.load_model(tmp_path / "qat.h5")
+    np.testing.assert_allclose(loaded.predict(data, verbose=0), qat.predict(data, verbose=0),
+                               rtol=1e-5, atol=1e-5)

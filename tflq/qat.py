@@ -12,11 +12,14 @@ This is the only module that knows tfmot's wrappers. The path from
    (tfmot #549).
 3. ``fuse_relus``: a ReLU layer, or an ``Activation("relu")``, after a
    linear Conv2D / DepthwiseConv2D / Dense becomes that layer's activation, so one
-   fake-quant follows the fused op, as TFLite runs it. (Left apart, tfmot's 8-bit
-   transforms give such a layer no weight quantizer at all.) ``check_weight_quantizers``
-   then makes sure every Conv2D / DepthwiseConv2D / Dense got the scheme's.
+   fake-quant follows the fused op, as TFLite runs it.
 4. tfmot's ``quantize_annotate_layer`` + ``quantize_apply`` with its default 8-bit
-   scheme: symmetric int8 weights (per-channel for Conv2D, per-tensor for Dense and
+   scheme (``_Scheme``: tfmot's, with one fix: its LayerReLUQuantize transform gives a
+   Conv2D / DepthwiseConv2D / Dense followed by a ReLU layer it does not fuse -- ReLU6,
+   leaky -- no quantization at all; ``_LayoutTransform`` gives it back its weight
+   quantizer, with no fake-quant between it and the ReLU, whose output is quantized
+   and which the converter fuses). ``check_weight_quantizers`` then makes sure every
+   Conv2D / DepthwiseConv2D / Dense got the scheme's weight quantizer. Symmetric int8 weights (per-channel for Conv2D, per-tensor for Dense and
    DepthwiseConv2D, as tfmot does), asymmetric int8 activations with moving-average
    ranges. Layers the scheme gives a low-bit quantizer get ``LowBitQuantizeConfig``:
    the same activation handling, and weights through a ``tflq.quantizers``
@@ -35,7 +38,8 @@ import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-    default_8bit_quantize_registry)
+    default_8bit_quantize_configs, default_8bit_quantize_layout_transform,
+    default_8bit_quantize_registry, default_8bit_quantize_scheme)
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
     model_transformer, transforms)
 
@@ -75,7 +79,7 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> 
         l.__class__.from_config(l.get_config())))
     annotated.set_weights(folded.get_weights())
     with quantize_scope():
-        qat_model = tfmot.quantization.keras.quantize_apply(annotated)
+        qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme=_Scheme())
     check_weight_quantizers(folded, qat_model, configs)
     if calibration_data is not None:
         from tflq import calibration
@@ -172,9 +176,7 @@ def check_weight_quantizers(model: keras.Model, qat_model: keras.Model, configs:
             after = [n.outbound_layer for n in layer._outbound_nodes]
             relu = [l.name for l in after if isinstance(l, (keras.layers.ReLU,
                                                             keras.layers.Activation))]
-            why = (f": it feeds {relu[0]!r}, and tfmot's LayerReLUQuantize transform drops "
-                   "the weight quantizer of a layer followed by a ReLU it cannot fuse "
-                   "(ReLU6, leaky or thresholded ReLU)" if relu else "")
+            why = f" (it feeds {relu[0]!r})" if relu else ""
             problems.append(f"layer {layer.name!r} ({type(layer).__name__}) got no weight "
                             f"quantizer from tfmot's 8-bit transforms{why}")
         elif layer.name in configs and not isinstance(quantizer, LowBitWeightQuantizer):
@@ -182,8 +184,7 @@ def check_weight_quantizers(model: keras.Model, qat_model: keras.Model, configs:
                             "scheme's low-bit quantizer")
     if problems:
         raise TflqError("quantize_model would train without the scheme's weight quantization: "
-                        + "; ".join(problems) + ". Use a plain ReLU (activation='relu', "
-                        "ReLU() or Activation('relu')) there, or report the pattern to tflq.")
+                        + "; ".join(problems) + ". Please report the pattern to tflq.")
 
 
 class _FuseReLU(transforms.Transform):
@@ -312,10 +313,14 @@ class LowBitWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
 
 class LowBitQuantizeConfig(default_8bit_quantize_registry.Default8BitQuantizeConfig):
-    """tfmot's 8-bit config (int8 activations, fused activation) with low-bit weights."""
+    """tfmot's 8-bit config (int8 activations, fused activation) with low-bit weights.
 
-    def __init__(self, weight_quantizer, weight_attr: str = "kernel", incremental: bool = False):
-        super().__init__([weight_attr], ["activation"], False)
+    ``quantize_activation=False``: weights only, for a layer whose output a following
+    ReLU layer quantizes (see ``_LayoutTransform``)."""
+
+    def __init__(self, weight_quantizer, weight_attr: str = "kernel", incremental: bool = False,
+                 quantize_activation: bool = True):
+        super().__init__([weight_attr], ["activation"] if quantize_activation else [], False)
         if not isinstance(weight_quantizer, LowBitWeightQuantizer):
             weight_quantizer = LowBitWeightQuantizer(
                 weight_quantizer, depthwise=weight_attr == "depthwise_kernel",
@@ -324,11 +329,60 @@ class LowBitQuantizeConfig(default_8bit_quantize_registry.Default8BitQuantizeCon
 
     def get_config(self):
         return {"weight_quantizer": self.weight_quantizer.get_config(),
-                "weight_attr": self.weight_attrs[0]}
+                "weight_attr": self.weight_attrs[0],
+                "quantize_activation": bool(self.activation_attrs)}
 
     @classmethod
     def from_config(cls, config):
-        return cls(LowBitWeightQuantizer(**config["weight_quantizer"]), config["weight_attr"])
+        return cls(LowBitWeightQuantizer(**config["weight_quantizer"]), config["weight_attr"],
+                   quantize_activation=config.get("quantize_activation", True))
+
+
+class _LayoutTransform(default_8bit_quantize_layout_transform.Default8BitQuantizeLayoutTransform):
+    """tfmot's 8-bit layout transforms, then one repair.
+
+    tfmot's LayerReLUQuantize (meant for Add -> ReLU) also matches Conv2D /
+    DepthwiseConv2D / Dense -> ReLU and replaces the layer's config with a no-op, so
+    the layer trains and converts with float weights. Here such a layer gets back the
+    config it had (the scheme's low-bit one, or the registry's int8 one) minus its
+    activation quantizer: the weights are fake-quantized, and the only fake-quant is
+    the ReLU layer's, after it, which is where TFLite's fused activation puts it.
+    """
+
+    def apply(self, model, layer_quantize_map):
+        given = {name: meta.get("quantize_config") for name, meta in layer_quantize_map.items()}
+        transformed, quantize_map = super().apply(model, layer_quantize_map)
+        registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+        for layer in transformed.layers:
+            meta = quantize_map.get(layer.name, {})
+            if (type(layer).__name__ in _FOLDABLE and isinstance(
+                    meta.get("quantize_config"), default_8bit_quantize_configs.NoOpQuantizeConfig)):
+                config = given.get(layer.name) or registry.get_quantize_config(layer)
+                if all(_fusable(n.outbound_layer) for n in layer._outbound_nodes):
+                    config = _weights_only(config)
+                quantize_map[layer.name] = dict(meta, quantize_config=config)
+        return transformed, quantize_map
+
+
+def _fusable(layer) -> bool:
+    """A ReLU layer the converter fuses into the op before it (RELU, RELU6)."""
+    config = layer.get_config()
+    return (isinstance(layer, keras.layers.ReLU) and not config.get("negative_slope")
+            and not config.get("threshold") and config.get("max_value") in (None, 6))
+
+
+def _weights_only(config):
+    if isinstance(config, LowBitQuantizeConfig):
+        return LowBitQuantizeConfig(config.weight_quantizer, config.weight_attrs[0],
+                                    quantize_activation=False)
+    return type(config)(config.weight_attrs, [], False)
+
+
+class _Scheme(default_8bit_quantize_scheme.Default8BitQuantizeScheme):
+    """tfmot's default 8-bit scheme with ``_LayoutTransform``."""
+
+    def get_layout_transformer(self):
+        return _LayoutTransform()
 
 
 class _FoldBatchNorm(transforms.Transform):
