@@ -31,6 +31,28 @@ def dump(model: "schema.ModelT") -> bytes:
     return bytes(builder.Output())
 
 
+def with_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
+    """``flatbuffer`` with metadata entry ``name`` holding ``data`` (added or replaced)."""
+    model = load(flatbuffer)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(data, np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = name.encode(), len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or [] if m.name != entry.name] + [entry]
+    drop_unused(model)
+    return dump(model)
+
+
+def metadata(model: "schema.ModelT", name: str) -> bytes | None:
+    """The data of metadata entry ``name``, or None."""
+    for m in model.metadata or []:
+        if m.name == name.encode():
+            data = model.buffers[m.buffer].data
+            return b"" if data is None else np.asarray(data, np.uint8).tobytes()
+    return None
+
+
 def drop_unused(model: "schema.ModelT") -> None:
     """Removes tensors no operator or subgraph I/O uses, and buffers no tensor or
     metadata uses (buffer 0 stays: the schema's empty sentinel). In place."""

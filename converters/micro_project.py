@@ -293,7 +293,9 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
 
     Accuracy firmware (``eval_images`` given; see ``_eval_variant``): main.cc comes from
     templates/main_eval.cc and test_data.{h,cc} hold ``eval_images`` and ``eval_labels``
-    in flash. With ``feature="projection_profiles"`` the images are raw uint8
+    in flash. ``feature`` defaults to the one the model's ``tflq_feature`` metadata
+    declares (``tflq.convert`` of a model with a ProjectionProfiles first layer). With
+    ``feature="projection_profiles"`` the images are raw uint8
     (count, H, W) and the firmware computes the model's int8 input with
     micro/features/projection_profiles.c (bins = input size / 4); with ``feature=None``
     they are the model's int8 inputs. It prints ``PRED k label argmax`` per image,
@@ -318,7 +320,10 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
             flatbuffer = candidate
     variant = None
     if eval_images is not None:
-        variant = _eval_variant(int8_flatbuffer, io, eval_images, eval_labels, feature)
+        if feature is None and checked.feature is not None:  # the model says what it takes
+            feature = checked.feature["feature"]
+        variant = _eval_variant(int8_flatbuffer, io, eval_images, eval_labels, feature,
+                                checked.feature)
         test_inputs = None
     elif feature is not None or eval_labels is not None:
         raise TflqError("feature and eval_labels need eval_images (the accuracy firmware)")
@@ -388,7 +393,7 @@ class _Variant:
 
 
 def _eval_variant(flatbuffer: bytes, io: _IO, eval_images, eval_labels,
-                  feature: str | None) -> _Variant:
+                  feature: str | None, declared: dict | None) -> _Variant:
     """main_eval.cc + the images, labels and feature parameters in test_data.{h,cc}."""
     from tflq.converters import features as host_features
     from tflq.converters.tflite import io_quantization
@@ -414,6 +419,10 @@ def _eval_variant(flatbuffer: bytes, io: _IO, eval_images, eval_labels,
         if 4 * bins != input_size or bins > min(height, width):
             raise TflqError(f"model input has {input_size} values: projection_profiles gives "
                             f"4 * bins, bins <= {min(height, width)} for {height}x{width} images")
+        if declared is not None and (height, width) != (declared["height"], declared["width"]):
+            raise TflqError(f"eval_images are {height}x{width}; the model takes the projection "
+                            f"profiles of {declared['height']}x{declared['width']} images "
+                            "(its tflq_feature metadata)")
         in_q, _ = io_quantization(flatbuffer)
         params = host_features.profile_multipliers(height, width, bins, float(in_q.scale))
         pixel_bytes = height * width

@@ -14,8 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from tflq.converters import features, verifier
 from tflq.converters import flatbuffer as fb
-from tflq.converters import verifier
 from tflq.errors import TflqError
 
 schema = fb.schema
@@ -65,6 +65,7 @@ class Model:
     operators: tuple[Operator, ...]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+    feature: dict | None = None  # what the firmware computes before the model (features.py)
 
     @property
     def op_names(self) -> list[str]:
@@ -94,7 +95,16 @@ def read(flatbuffer: bytes, name: str = "model") -> Model:
         raise
     except Exception as e:  # noqa: BLE001 -- any parse failure of untrusted bytes
         raise bad(f"the flatbuffer does not parse ({type(e).__name__}: {e})") from None
-    return Model(name, data, model, tensors, operators, inputs, outputs)
+    try:
+        feature = features.declared(fb.metadata(model, features.METADATA))
+    except TflqError as e:
+        raise bad(str(e)) from None
+    if feature is not None:
+        size = int(np.prod(tensors[inputs[0]].shape)) if len(inputs) == 1 else 0
+        if size != 4 * feature["bins"]:
+            raise bad(f"metadata {features.METADATA!r} declares {feature['bins']} projection "
+                      f"profile bins (4 * bins inputs), but the input has {size} values")
+    return Model(name, data, model, tensors, operators, inputs, outputs, feature)
 
 
 def _typed(model, data: bytes, bad):

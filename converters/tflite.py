@@ -28,11 +28,24 @@ class QuantParams:
 def convert(qat_model, representative_data=None) -> bytes:
     """Returns a fully integer TFLite flatbuffer of ``qat_model``.
 
+    A ``quantize_model`` model with a ``ProjectionProfiles`` first layer converts
+    without it: the flatbuffer takes the int8 profiles, and its ``tflq_feature``
+    metadata records the image size and bins the firmware computes them with.
+
     Ranges come from the QAT model's fake-quant nodes; ``representative_data``
     (model inputs) is needed only for tensors the QAT model left unquantized.
     """
     from tflq.qat import LowBitWeightQuantizer, quantized_kernels
+    from tflq import layers
 
+    head, body = layers.features_of(qat_model)
+    if head is not None:  # ProjectionProfiles: the firmware computes it, in C
+        if representative_data is not None:
+            representative_data = head(np.asarray(representative_data, np.float32)).numpy()
+        from tflq.converters import features, flatbuffer as fb
+        height, width = (int(d) for d in head.input_shape[1:3])
+        return fb.with_metadata(convert(body, representative_data), features.METADATA,
+                                features.describe(height, width, head.bins))
     if not quantized_kernels(qat_model) and not any(
             type(l).__name__ == "QuantizeLayer" for l in getattr(qat_model, "layers", ())):
         raise TflqError(f"model {getattr(qat_model, 'name', '?')!r} is a float model: quantize it "
@@ -109,7 +122,16 @@ def low_bit_layers(qat_model, flatbuffer: bytes) -> list[LowBitLayer]:
     the quantizer's levels (compared with the QAT model's quantized weights)."""
     from tflq.converters import flatbuffer as fb
     from tflq.qat import LowBitWeightQuantizer, quantized_kernels
+    from tflq import layers
 
+    head, body = layers.features_of(qat_model)
+    if head is not None:  # ProjectionProfiles: the firmware computes it, in C
+        if representative_data is not None:
+            representative_data = head(np.asarray(representative_data, np.float32)).numpy()
+        from tflq.converters import features, flatbuffer as fb
+        height, width = (int(d) for d in head.input_shape[1:3])
+        return fb.with_metadata(convert(body, representative_data), features.METADATA,
+                                features.describe(height, width, head.bins))
     model = fb.load(flatbuffer)
     constants = []
     for i, t in enumerate(model.subgraphs[0].tensors):

@@ -80,3 +80,46 @@ class ProjectionProfiles(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "bins": self.bins}
+
+
+def split_features(model: keras.Model) -> tuple[ProjectionProfiles | None, keras.Model]:
+    """``(head, body)``: a ``ProjectionProfiles`` first layer and the model after it
+    (which takes the profiles as its input), or ``(None, model)``.
+
+    The head is not quantized: the firmware computes it from the raw image in C
+    (``micro/features/projection_profiles.c``) before the model runs. Raises
+    TflqError if a ProjectionProfiles layer is anywhere but first, or if the image
+    also feeds another layer.
+    """
+    from tflq.errors import TflqError
+
+    inner = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+    later = [l.name for l in inner[1:] if isinstance(l, ProjectionProfiles)]
+    if later:
+        raise TflqError(f"layer {later[0]!r} (ProjectionProfiles) must be the model's first "
+                        "layer: the firmware computes it from the image before the model runs")
+    if not inner or not isinstance(inner[0], ProjectionProfiles):
+        return None, model
+    head = inner[0]
+    if len(model.inputs) != 1 or any(
+            len(l._outbound_nodes) != 1 for l in model.layers
+            if isinstance(l, keras.layers.InputLayer)):
+        raise TflqError(f"layer {head.name!r} (ProjectionProfiles) must be the only layer "
+                        "that reads the model's single input image")
+    return head, keras.Model(head.output, model.outputs, name=model.name)
+
+
+def with_features(head: ProjectionProfiles, body: keras.Model, name: str) -> keras.Model:
+    """``body`` behind a copy of ``head``: images in, as the float model took them."""
+    inputs = keras.Input(head.input_shape[1:], name="image")
+    profiles = ProjectionProfiles.from_config(head.get_config())(inputs)
+    return keras.Model(inputs, body(profiles), name=name)
+
+
+def features_of(model: keras.Model) -> tuple[ProjectionProfiles | None, keras.Model]:
+    """The inverse of ``with_features``: ``(head, body)``, or ``(None, model)``."""
+    inner = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+    if (len(inner) == 2 and isinstance(inner[0], ProjectionProfiles)
+            and isinstance(inner[1], keras.Model)):
+        return inner[0], inner[1]
+    return None, model

@@ -43,7 +43,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
     model_transformer, transforms)
 
-from tflq import schemes
+from tflq import layers, schemes
 from tflq.errors import TflqError
 
 _FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
@@ -53,7 +53,10 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> 
     """Returns a tf_keras QAT model of ``model``, ready for ``compile``/``fit``.
 
     Args:
-      model: a built tf_keras Sequential or functional model.
+      model: a built tf_keras Sequential or functional model. A first
+        ``tflq.layers.ProjectionProfiles`` layer stays float: ``tflq.convert`` leaves it
+        out of the flatbuffer (recording it in the metadata) and the firmware
+        computes it from the raw image in C.
       scheme: ``"int8"`` (Jacob et al. 2017 integer-only scheme) or another name
         from ``tflq.schemes.NAMES``, or a ``tflq.schemes.Scheme``.
       calibration_data: optional array (or dataset of input batches) of model
@@ -64,6 +67,13 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> 
     """
     scheme = schemes.resolve(scheme)
     check_model(model)
+    head, body = layers.split_features(model)
+    if head is not None:  # ProjectionProfiles first: the firmware computes it in C
+        qat_model = layers.with_features(head, quantize_model(body, scheme), model.name)
+        if calibration_data is not None:
+            from tflq import calibration
+            calibration.calibrate(qat_model, calibration_data)
+        return qat_model
     folded = fuse_relus(fold_batch_norms(model))
     check_layers(folded)
     configs = schemes.layer_quantizers(scheme, folded)

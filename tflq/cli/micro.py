@@ -95,6 +95,8 @@ def _self_test_inputs(checked):
         return None, "one input of zero points (--test_inputs=0)"
     dataset = flags_common.DATASET.value
     _, (x_test, _) = datasets.load(dataset)
+    if checked.feature is not None:  # the model takes projection profiles of the images
+        return _profile_inputs(checked.feature, x_test, in_q, dataset)
     sample = tuple(tensor.shape[1:]) if tensor.shape[:1] == (1,) else tuple(tensor.shape)
     if x_test.shape[1:] != sample and int(np.prod(x_test.shape[1:])) != int(np.prod(sample)):
         message = (f"--dataset={dataset} images are {'x'.join(map(str, x_test.shape[1:]))}, "
@@ -104,3 +106,20 @@ def _self_test_inputs(checked):
         return None, f"one input of zero points ({message}; pass --inputs=x.npy for real ones)"
     x = x_test[:_TEST_INPUTS.value]
     return in_q.quantize(x), f"{len(x)} test images of --dataset={dataset}"
+
+
+def _profile_inputs(feature, x_test, in_q, dataset):
+    """--dataset images as the int8 projection profiles the firmware's C code computes."""
+    from tflq.converters import features
+
+    images = np.rint(x_test[:_TEST_INPUTS.value, ..., 0] * 255).astype(np.uint8)
+    if images.shape[1:] != (feature["height"], feature["width"]):
+        message = (f"--dataset={dataset} images are {'x'.join(map(str, images.shape[1:]))}, "
+                   f"the model takes the projection profiles of {feature['height']}x"
+                   f"{feature['width']} images")
+        if flags.FLAGS["test_inputs"].present:
+            raise TflqError(f"{message}: pass --inputs=x.npy of int8 profiles, or --test_inputs=0")
+        return None, f"one input of zero points ({message}; pass --inputs=x.npy for real ones)"
+    x = features.int8_profiles(images, feature["bins"], in_q.scale, in_q.zero_point)
+    return x, (f"{len(x)} test images of --dataset={dataset} as projection profiles "
+               "(computed as micro/features/projection_profiles.c computes them)")
