@@ -197,3 +197,49 @@ def test_relu6_and_leaky_relu_layers_keep_the_weight_quantizer(weights, tmp_path
         loaded = keras.models.load_model(tmp_path / "qat.h5")
     np.testing.assert_allclose(loaded.predict(data, verbose=0), qat.predict(data, verbose=0),
                                rtol=1e-5, atol=1e-5)
+
+
+def branching_model():
+    """Concatenate, ZeroPadding2D, a BN after a conv without bias, Reshape, pooling and
+    a residual Add, in one functional graph."""
+    x = inputs = L.Input((8, 8, 1))
+    x = L.ZeroPadding2D(1, name="pad")(x)
+    x = L.Conv2D(4, 3, use_bias=False, name="stem")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(name="relu")(x)
+    a = L.Conv2D(4, 1, activation="relu", name="branch_a")(x)
+    b = L.DepthwiseConv2D(3, padding="same", activation="relu", name="branch_b")(x)
+    x = L.Concatenate(name="concat")([a, b])
+    x = L.MaxPool2D(name="pool")(x)
+    y = L.Conv2D(8, 3, padding="same", name="res")(x)
+    x = L.Add(name="add")([x, y])
+    x = L.Reshape((4 * 4 * 8,), name="reshape")(x)
+    return keras.Model(inputs, L.Dense(10, name="logits")(x), name="branching")
+
+
+@pytest.mark.parametrize("weights", ["int8", "log4"])
+def test_branching_graphs_get_the_scheme_on_every_layer(weights, digits):
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = models.compile_for_classification(branching_model(), learning_rate=3e-3)
+    model.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0)  # BN statistics too
+    scheme = "int8" if weights == "int8" else Scheme(weights=weights, first_last_int8=False)
+    qat = tflq.quantize_model(model, scheme=scheme, calibration_data=x_train[:256])
+    flatbuffer = tflq.convert(qat)
+    if weights != "int8":
+        layers = {l.layer: l for l in low_bit_layers(qat, flatbuffer)}
+        assert set(layers) == {"stem", "branch_a", "branch_b", "res", "logits"}, layers
+        assert all(l.ok and 1 < l.max_levels_seen <= 15 for l in layers.values()), layers
+    import tensorflow as tf
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    interpreter.allocate_tensors()
+    given, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = given["quantization"]
+    data = x_train[:100]
+    agree = 0
+    for x, expected in zip(data, qat.predict(data, verbose=0)):
+        interpreter.set_tensor(given["index"],
+                               np.clip(np.rint(x[None] / scale + zero), -128, 127).astype(np.int8))
+        interpreter.invoke()
+        agree += int(interpreter.get_tensor(out["index"]).argmax() == expected.argmax())
+    assert agree / len(data) >= 0.95
