@@ -378,6 +378,13 @@ class PackedOp:
     packed_bytes: int  # the blob (0 when not packed)
 
 
+def packing_lines(packed_ops) -> list[str]:
+    """One line per FC / CONV_2D / DEPTHWISE_CONV_2D: packed how, or why it stays int8."""
+    return [f"{p.op} {p.output!r}: " + (
+        f"packed as {p.encoding}, {p.int8_bytes} -> {p.packed_bytes} bytes" if p.encoding
+        else f"stays int8 ({p.reason})") for p in packed_ops]
+
+
 def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
     """Rewrites eligible operators to TFLQ_PACKED; returns (flatbuffer, one PackedOp each).
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import _models
-from tflq.converters import firmware_run, micro_project, packing, tflm_host
+from tflq.converters import firmware_run, micro_project, packing, project_files, tflm_host
 from test_firmware_qemu import build_and_run
 
 pytestmark = [pytest.mark.firmware, pytest.mark.usefixtures("firmware_tools")]
@@ -73,7 +73,7 @@ def _corrupt_model_data(project, flatbuffer, corrupt):
     start = packed.index(b"TQP1")
     bad = corrupt(bytearray(packed), start)
     cc = (project / "model_data.cc").read_text()
-    body = micro_project._c_bytes(bytes(bad))
+    body = project_files._c_bytes(bytes(bad))
     cc = re.sub(r"(g_model_data\[\] = \{\n).*?(\n\};)", lambda m: m.group(1) + body + m.group(2),
                 cc, flags=re.S)
     (project / "model_data.cc").write_text(cc)

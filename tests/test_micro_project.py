@@ -11,7 +11,7 @@ import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
 
 from tflq.converters import flatbuffer as fb
-from tflq.converters import firmware_kernels, micro_project, tflm
+from tflq.converters import firmware_kernels, micro_project, project_files, tflm
 from tflq.errors import TflqError
 
 PROJECT_FILES = {
@@ -153,7 +153,7 @@ def test_failure_midway_writes_nothing(models, tmp_path, monkeypatch):
         if template == "Makefile":
             raise TflqError("template broke")
         return text
-    monkeypatch.setattr(micro_project, "_fill", broken)
+    monkeypatch.setattr(project_files, "_fill", broken)
     with pytest.raises(TflqError, match="template broke"):
         micro_project.generate_project(models["mlp"], tmp_path / "proj")
     assert list(tmp_path.iterdir()) == []
