@@ -1,7 +1,7 @@
 """micro/kernels (tflq's C layer kernels) built for the host and for rv32imac.
 
 ``HostKernels`` compiles them with the system C compiler into a shared library and
-calls them through ctypes, so tests compare them with ``converters.packing.reference``
+calls them through ctypes, so tests compare them with ``converters.packed_format.reference``
 without any cross toolchain. ``rv32_program`` links a C driver with them and the
 FE310 platform layer into an ELF for QEMU (tests and the kernel benchmark).
 """

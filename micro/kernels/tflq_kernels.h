@@ -26,7 +26,7 @@
  * so they contribute nothing), then requantized with gemmlowp's double rounding
  * (TFLM's MultiplyByQuantizedMultiplier), offset and clamped.
  *
- * The packed blob ("TQP1", converters/packing.py is the one writer) is
+ * The packed blob ("TQP1", converters/packed_format.py is the one writer) is
  * little-endian, 4-byte aligned, and self-describing:
  *   0  'T' 'Q' 'P' '1'
  *   4  u8 op, u8 format, u8 bits, u8 flags (bit 0: one codebook per channel)

@@ -1,0 +1,282 @@
+"""The TQP1 packed-layer format that micro/kernels/ reads (C: tflq_kernels.h).
+
+``choose_encoding`` picks a layer's encoding (bit-planes or a codebook), ``pack``
+writes its blob, ``unpack`` reads it back (round trip: the int8 weights come back
+exactly), ``reference`` runs a layer as TFLM's reference int8 kernels do (numpy), and
+``scratch_bytes`` is the RAM the C kernel asks for. No flatbuffers here: the rewrite of
+a model into TFLQ_PACKED ops is ``converters.packing``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+
+import numpy as np
+
+from tflq.converters.requantize import double_rounding
+from tflq.errors import TflqError
+
+CUSTOM_CODE = "TFLQ_PACKED"
+OP_FC, OP_CONV, OP_DEPTHWISE = 1, 2, 3
+FMT_INT8, FMT_PLANES, FMT_LUT = 0, 1, 2
+FORMAT_NAMES = {FMT_INT8: "int8", FMT_PLANES: "bit-planes", FMT_LUT: "codebook"}
+OP_NAMES = {OP_FC: "FULLY_CONNECTED", OP_CONV: "CONV_2D", OP_DEPTHWISE: "DEPTHWISE_CONV_2D"}
+HEADER = struct.Struct("<4sBBBBHH6H8B4i2I")
+assert HEADER.size == 56
+MAX_BITS = 4
+
+
+@dataclasses.dataclass
+class Layer:
+    """One layer as the kernels see it; ``weights`` are int8 (out_channels, depth).
+
+    For DEPTHWISE_CONV_2D, row c holds channel c's kh * kw taps.
+    """
+
+    op: int
+    weights: np.ndarray
+    bias: np.ndarray  # int32 (out_channels,): the model's bias (not bias_eff)
+    multiplier: np.ndarray  # int32 per channel
+    shift: np.ndarray  # int32 per channel, > 0: left
+    input_offset: int
+    output_offset: int
+    act_min: int = -128
+    act_max: int = 127
+    in_hwc: tuple = (1, 1, 0)
+    out_hw: tuple = (1, 1)
+    kernel: tuple = (1, 1)
+    stride: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    pad: tuple = (0, 0)  # top, left
+    depth_multiplier: int = 1
+
+    @property
+    def out_channels(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def depth(self) -> int:
+        return self.weights.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How a layer's weights are stored: format, bits and codebook (per channel or one)."""
+
+    format: int
+    bits: int
+    per_channel: bool
+    codebook: np.ndarray  # PLANES: int16 (n, 2) (v0, d); LUT: int8 (n, 2**bits)
+
+    def describe(self) -> str:
+        return f"{self.bits}-bit {FORMAT_NAMES[self.format]}"
+
+
+def _affine(values: np.ndarray) -> tuple[int, int, int]:
+    """(v0, d, bits): the smallest grid v0 + d * code holding ``values``."""
+    v0 = int(values.min())
+    diffs = (values.astype(np.int64) - v0)
+    d = int(np.gcd.reduce(diffs)) or 1
+    codes = int(diffs.max()) // d + 1
+    return v0, d, max(1, math.ceil(math.log2(codes)))
+
+
+def choose_encoding(weights: np.ndarray) -> Encoding | str:
+    """The fewest-bits encoding of int8 ``weights`` (C, K), or why none has <= 4 bits.
+
+    Bit-planes (affine codebooks: ternary, binary, fixed-point...) win ties: no
+    multiplies and fewer instructions per weight than a codebook lookup.
+    """
+    w = np.asarray(weights, np.int8)
+    rows = [np.unique(r) for r in w]
+    per_channel = [_affine(r) for r in rows]
+    planes_pc = max(b for _, _, b in per_channel)
+    shared = _affine(np.unique(w))
+    union = np.unique(w)
+    lut_bits = max(2, math.ceil(math.log2(len(union)))) if len(union) > 1 else 2
+    candidates = []
+    if shared[2] <= MAX_BITS:
+        candidates.append((shared[2], 0, Encoding(FMT_PLANES, shared[2], False,
+                                                  np.array([shared[:2]], np.int16))))
+    if planes_pc <= MAX_BITS:
+        candidates.append((planes_pc, 1, Encoding(
+            FMT_PLANES, planes_pc, True, np.array([p[:2] for p in per_channel], np.int16))))
+    if len(union) <= 1 << MAX_BITS:
+        levels = np.zeros((1, 1 << lut_bits), np.int8)
+        levels[0, :len(union)] = union
+        candidates.append((lut_bits, 2, Encoding(FMT_LUT, lut_bits, False, levels)))
+    if not candidates:
+        return (f"{len(union)} distinct int8 weight values (a {MAX_BITS}-bit codebook holds "
+                f"{1 << MAX_BITS}) and no affine grid of <= {MAX_BITS} bits")
+    return min(candidates, key=lambda c: (c[0], c[1]))[2]
+
+
+def _codes(layer: Layer, enc: Encoding) -> np.ndarray:
+    w = layer.weights.astype(np.int64)
+    if enc.format == FMT_PLANES:
+        book = enc.codebook if enc.per_channel else np.repeat(enc.codebook, len(w), 0)
+        v0, d = book[:, :1].astype(np.int64), book[:, 1:].astype(np.int64)
+        codes = (w - v0) // d
+        if not np.array_equal(v0 + d * codes, w) or codes.min() < 0 or codes.max() >= 1 << enc.bits:
+            raise TflqError("bit-plane codebook does not hold the weights")
+        return codes
+    levels = enc.codebook[0].astype(np.int64)
+    lookup = {int(v): i for i, v in reversed(list(enumerate(levels)))}
+    try:
+        return np.vectorize(lambda v: lookup[int(v)], otypes=[np.int64])(w)
+    except KeyError as e:
+        raise TflqError(f"codebook does not hold weight {e.args[0]}") from None
+
+
+def _pack_rows(codes: np.ndarray, enc: Encoding) -> np.ndarray:
+    c, k = codes.shape
+    chunks = -(-k // 8)
+    padded = np.zeros((c, chunks * 8), np.int64)
+    padded[:, :k] = codes
+    by_chunk = padded.reshape(c, chunks, 8)
+    out = np.zeros((c, chunks, enc.bits), np.uint8)
+    if enc.format == FMT_PLANES:  # byte j: bit j of the 8 codes, input r at bit r
+        for j in range(enc.bits):
+            out[:, :, j] = (((by_chunk >> j) & 1) << np.arange(8)).sum(-1)
+    else:  # 8 codes of `bits` bits, LSB first, in `bits` little-endian bytes
+        word = (by_chunk << (np.arange(8) * enc.bits)).sum(-1)
+        for j in range(enc.bits):
+            out[:, :, j] = (word >> (8 * j)) & 0xFF
+    return out.reshape(c, chunks * enc.bits)
+
+
+def _unpack_rows(rows: np.ndarray, k: int, fmt: int, bits: int) -> np.ndarray:
+    c = rows.shape[0]
+    by_chunk = rows.reshape(c, -1, bits).astype(np.int64)
+    if fmt == FMT_PLANES:
+        codes = sum(((by_chunk[:, :, j:j + 1] >> np.arange(8)) & 1) << j for j in range(bits))
+    else:
+        word = sum(by_chunk[:, :, j:j + 1] << (8 * j) for j in range(bits))
+        codes = (word >> (np.arange(8) * bits)) & ((1 << bits) - 1)
+    return codes.reshape(c, -1)[:, :k]
+
+
+def bias_eff(layer: Layer) -> np.ndarray:
+    """bias + input_offset * sum(w): what the kernels add to sum(x * w)."""
+    acc = layer.bias.astype(np.int64) + layer.input_offset * layer.weights.astype(np.int64).sum(1)
+    if np.abs(acc).max(initial=0) >= 2 ** 31:
+        raise TflqError("bias + input offset x weight sum overflows int32")
+    return acc.astype(np.int32)
+
+
+def pack(layer: Layer, enc: Encoding | None = None) -> bytes:
+    """The TQP1 blob of ``layer`` (``enc`` None: int8 rows, for tests of the int8 path)."""
+    w = np.asarray(layer.weights, np.int8)
+    c, k = w.shape
+    if enc is None:
+        fmt, bits, flags, codebook = FMT_INT8, 8, 0, b""
+        rows = w.T if layer.op == OP_DEPTHWISE else w  # int8 depthwise: TFLite's layout
+        row_bytes, weight_bytes = k, np.ascontiguousarray(rows).tobytes()
+    else:
+        fmt, bits, flags = enc.format, enc.bits, int(enc.per_channel)
+        codebook = np.ascontiguousarray(enc.codebook).astype(
+            "<i2" if fmt == FMT_PLANES else np.int8).tobytes()
+        rows = _pack_rows(_codes(layer, enc), enc)
+        row_bytes, weight_bytes = rows.shape[1], rows.tobytes()
+    codebook += bytes(-len(codebook) % 4)
+    total = HEADER.size + 12 * c + len(codebook) + len(weight_bytes)
+    if max(c, k, *layer.in_hwc, *layer.out_hw, layer.depth_multiplier) >= 1 << 16:
+        raise TflqError(f"layer of {c} channels x depth {k} is too large to pack (u16 fields)")
+    header = HEADER.pack(b"TQP1", layer.op, fmt, bits, flags, c, k, *layer.in_hwc,
+                         *layer.out_hw, layer.depth_multiplier, *layer.kernel, *layer.stride,
+                         *layer.dilation, *layer.pad, layer.input_offset,
+                         layer.output_offset, layer.act_min, layer.act_max, row_bytes, total)
+    per_channel = b"".join(np.asarray(a, "<i4").tobytes() for a in (
+        bias_eff(layer), layer.multiplier, layer.shift))
+    return header + per_channel + codebook + weight_bytes
+
+
+def unpack(blob: bytes) -> tuple[Layer, Encoding | None]:
+    """The layer and encoding a blob holds (bias recovered from bias_eff)."""
+    if len(blob) < HEADER.size:
+        raise TflqError(f"packed blob of {len(blob)} bytes is shorter than its header")
+    (magic, op, fmt, bits, flags, c, k, ih, iw, ic, oh, ow, dm, kh, kw, sh, sw, dh, dw, pt,
+     pl, in_off, out_off, amin, amax, row_bytes, total) = HEADER.unpack_from(blob)
+    if magic != b"TQP1" or total != len(blob):
+        raise TflqError("not a TQP1 blob, or its length differs from its header")
+    arrays = np.frombuffer(blob, "<i4", 3 * c, HEADER.size).reshape(3, c)
+    pos = HEADER.size + 12 * c
+    enc = None
+    if fmt == FMT_INT8:
+        raw = np.frombuffer(blob, np.int8, c * k, len(blob) - c * k)
+        w = raw.reshape(k, c).T if op == OP_DEPTHWISE else raw.reshape(c, k)
+    else:
+        n = c if flags & 1 else 1
+        if fmt == FMT_PLANES:
+            book = np.frombuffer(blob, "<i2", 2 * n, pos).reshape(n, 2).astype(np.int16)
+        else:
+            book = np.frombuffer(blob, np.int8, n << bits, pos).reshape(n, 1 << bits)
+        enc = Encoding(fmt, bits, bool(flags & 1), book)
+        rows = np.frombuffer(blob, np.uint8, c * row_bytes, len(blob) - c * row_bytes)
+        codes = _unpack_rows(rows.reshape(c, row_bytes), k, fmt, bits)
+        if fmt == FMT_PLANES:
+            full = book if flags & 1 else np.repeat(book, c, 0)
+            w = full[:, :1].astype(np.int64) + full[:, 1:].astype(np.int64) * codes
+        else:
+            full = book if flags & 1 else np.repeat(book, c, 0)
+            w = np.take_along_axis(full.astype(np.int64), codes, 1)
+    w = np.asarray(w).astype(np.int8)
+    bias = (arrays[0].astype(np.int64) - in_off * w.astype(np.int64).sum(1)).astype(np.int32)
+    layer = Layer(op, w, bias, arrays[1].copy(), arrays[2].copy(), in_off, out_off, amin, amax,
+                  (ih, iw, ic), (oh, ow), (kh, kw), (sh, sw), (dh, dw), (pt, pl), dm)
+    return layer, enc
+
+
+def reference(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """TFLM's reference int8 kernel for ``layer`` on int8 ``x`` (batch, *input)."""
+    x = np.asarray(x, np.int64)
+    batches = x.shape[0]
+    w = layer.weights.astype(np.int64)
+    if layer.op == OP_FC:
+        acc = (x.reshape(batches, -1) + layer.input_offset) @ w.T + layer.bias
+    else:
+        (ih, iw, ic), (oh, ow), (kh, kw) = layer.in_hwc, layer.out_hw, layer.kernel
+        xs = x.reshape(batches, ih, iw, ic) + layer.input_offset
+        acc = np.zeros((batches, oh, ow, layer.out_channels), np.int64)
+        for oy in range(oh):
+            for ox in range(ow):
+                for ky in range(kh):
+                    iy = oy * layer.stride[0] - layer.pad[0] + ky * layer.dilation[0]
+                    for kx in range(kw):
+                        ix = ox * layer.stride[1] - layer.pad[1] + kx * layer.dilation[1]
+                        if not (0 <= iy < ih and 0 <= ix < iw):
+                            continue  # TFLM skips padding taps
+                        if layer.op == OP_CONV:
+                            taps = w.reshape(-1, kh, kw, ic)[:, ky, kx, :]  # (C, ic)
+                            acc[:, oy, ox] += xs[:, iy, ix, :] @ taps.T
+                        else:
+                            src = xs[:, iy, ix, np.arange(layer.out_channels)
+                                     // layer.depth_multiplier]
+                            acc[:, oy, ox] += src * w[:, ky * kw + kx]
+        acc = acc + layer.bias
+    acc = acc.reshape(batches, -1, layer.out_channels)
+    out = np.empty_like(acc)
+    for c in range(layer.out_channels):
+        out[..., c] = double_rounding(acc[..., c], int(layer.multiplier[c]), int(layer.shift[c]))
+    out = np.clip(out + layer.output_offset, layer.act_min, layer.act_max)
+    return out.reshape(batches, -1).astype(np.int8)
+
+
+# ---- flatbuffer operators <-> layers ----
+
+
+def scratch_bytes(layer: Layer, enc: Encoding | None) -> int:
+    """RAM tflq_scratch_bytes (micro/kernels) requests for ``layer``: CONV_2D's patch,
+    the shared tables of one input block, and accumulators when there is more than one
+    block. Must equal the C function (tests/test_kernels.py checks)."""
+    padded = -(-layer.depth // 8) * 8
+    total = padded if layer.op == OP_CONV else 0
+    shared = layer.op != OP_DEPTHWISE and enc is not None and (
+        enc.format == FMT_PLANES or (enc.format == FMT_LUT and not enc.per_channel))
+    if shared:
+        block = min(padded, 64 if enc.format == FMT_PLANES else 512 // (2 << enc.bits))
+        total += block // 4 * 32 if enc.format == FMT_PLANES else block * (2 << enc.bits)
+        if block < layer.depth:
+            total += 4 * layer.out_channels
+    return total
