@@ -124,14 +124,7 @@ def low_bit_layers(qat_model, flatbuffer: bytes) -> list[LowBitLayer]:
     from tflq.qat import LowBitWeightQuantizer, quantized_kernels
     from tflq import layers
 
-    head, body = layers.features_of(qat_model)
-    if head is not None:  # ProjectionProfiles: the firmware computes it, in C
-        if representative_data is not None:
-            representative_data = head(np.asarray(representative_data, np.float32)).numpy()
-        from tflq.converters import features, flatbuffer as fb
-        height, width = (int(d) for d in head.input_shape[1:3])
-        return fb.with_metadata(convert(body, representative_data), features.METADATA,
-                                features.describe(height, width, head.bins))
+    _, qat_model = layers.features_of(qat_model)  # a ProjectionProfiles head has no weights
     model = fb.load(flatbuffer)
     constants = []
     for i, t in enumerate(model.subgraphs[0].tensors):

@@ -45,7 +45,7 @@ def test_the_layer_stays_float_and_out_of_the_flatbuffer(profiles_model, digits)
                                "bins": BINS}
     assert checked.tensors[checked.inputs[0]].shape == (1, 4 * BINS)
     assert [op.op for op in checked.operators] == ["FULLY_CONNECTED", "FULLY_CONNECTED"]
-    layers = low_bit_layers(qat.layers[-1], flatbuffer)
+    layers = low_bit_layers(qat, flatbuffer)  # the wrapper: its body is checked
     assert {l.layer for l in layers} == {"hidden", "logits"}
     assert all(l.ok and l.max_levels_seen <= 7 for l in layers), layers
 
