@@ -58,6 +58,8 @@ def convert(qat_model, representative_data=None) -> bytes:
     for _, kernel, quantizer, variables in quantized_kernels(qat_model):
         if isinstance(quantizer, LowBitWeightQuantizer):
             quantizer.sync(kernel, variables)
+    from tflq.converters import per_channel_dense
+    dense = per_channel_dense.layers(qat_model)
     converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.inference_input_type = tf.int8
@@ -66,7 +68,9 @@ def convert(qat_model, representative_data=None) -> bytes:
         samples = np.asarray(representative_data, np.float32)
         converter.representative_dataset = lambda: ([s[None]] for s in samples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    flatbuffer = converter.convert()
+    with per_channel_dense.for_conversion(dense):
+        flatbuffer = converter.convert()
+    flatbuffer = per_channel_dense.rewrite(flatbuffer, dense)
     _check_integer_only(flatbuffer, qat_model.name)
     bad = [l for l in low_bit_layers(qat_model, flatbuffer) if not l.ok]
     if bad:

@@ -23,7 +23,7 @@ _NAMES = {
     "QuantParams": ("tflq.converters.tflite", "QuantParams"),
     "converters": ("tflq.converters", None),
     **{m: (f"tflq.{m}", None) for m in ("calibration", "datasets", "demo", "inq", "layers",
-                                        "micro", "models", "pipeline", "qat", "quantizers",
+                                        "micro", "models", "pipeline", "post_training", "qat", "quantizers",
                                         "report", "schemes")},
 }
 

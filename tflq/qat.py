@@ -19,8 +19,10 @@ This is the only module that knows tfmot's wrappers. The path from
    leaky -- no quantization at all; ``_LayoutTransform`` gives it back its weight
    quantizer, with no fake-quant between it and the ReLU, whose output is quantized
    and which the converter fuses). ``check_weight_quantizers`` then makes sure every
-   Conv2D / DepthwiseConv2D / Dense got the scheme's weight quantizer. Symmetric int8 weights (per-channel for Conv2D, per-tensor for Dense and
-   DepthwiseConv2D, as tfmot does), asymmetric int8 activations with moving-average
+   Conv2D / DepthwiseConv2D / Dense got the scheme's weight quantizer. Symmetric int8
+   weights (tfmot's: per channel for Conv2D, per tensor for Dense and DepthwiseConv2D;
+   low-bit quantizers are per channel for Dense too, see
+   ``converters.per_channel_dense``), asymmetric int8 activations with moving-average
    ranges. Layers the scheme gives a low-bit quantizer get ``LowBitQuantizeConfig``:
    the same activation handling, and weights through a ``tflq.quantizers``
    quantizer whose levels land exactly on an int8 grid (``LowBitWeightQuantizer``).
@@ -49,7 +51,8 @@ from tflq.errors import TflqError
 _FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 
-def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> keras.Model:
+def quantize_model(model: keras.Model, scheme="int8", calibration_data=None,
+                   post_training: bool = False) -> keras.Model:
     """Returns a tf_keras QAT model of ``model``, ready for ``compile``/``fit``.
 
     Args:
@@ -64,15 +67,19 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> 
         model -- and ``tflq.convert`` of it without training -- is post-training
         quantization. Without it, ranges start at tfmot's [-6, 6] and are learnt
         during training.
+      post_training: with ``calibration_data`` and no fit to follow: also fit each
+        low-bit Conv2D / Dense to the calibration data (per-channel scale search on
+        the layer's output error, and bias correction; ``tflq.post_training``).
     """
     scheme = schemes.resolve(scheme)
     check_model(model)
+    if post_training and calibration_data is None:
+        raise TflqError("post_training=True needs calibration_data (the inputs it fits "
+                        "the quantized layers to)")
     head, body = layers.split_features(model)
     if head is not None:  # ProjectionProfiles first: the firmware computes it in C
         qat_model = layers.with_features(head, quantize_model(body, scheme), model.name)
-        if calibration_data is not None:
-            from tflq import calibration
-            calibration.calibrate(qat_model, calibration_data)
+        _calibrate(qat_model, calibration_data, post_training)
         return qat_model
     folded = fuse_relus(fold_batch_norms(model))
     check_layers(folded)
@@ -91,10 +98,19 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None) -> 
     with quantize_scope():
         qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme=_Scheme())
     check_weight_quantizers(folded, qat_model, configs)
-    if calibration_data is not None:
-        from tflq import calibration
-        calibration.calibrate(qat_model, calibration_data)
+    _calibrate(qat_model, calibration_data, post_training)
     return qat_model
+
+
+def _calibrate(qat_model, calibration_data, post_training: bool) -> None:
+    if calibration_data is None:
+        return
+    from tflq import calibration
+    calibration.calibrate(qat_model, calibration_data)
+    if post_training:  # the layers fitted to the data change the ranges: again
+        from tflq import post_training as fit
+        fit.optimize(qat_model, calibration_data)
+        calibration.calibrate(qat_model, calibration_data)
 
 
 @contextlib.contextmanager
@@ -244,6 +260,9 @@ class LowBitWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     grid) and keep training until the ``tflq.inq.INQ`` callback has masked them all.
     """
 
+    # Set only while tflq.convert converts a per-channel Dense (per_channel_dense).
+    export_per_tensor = False
+
     def __init__(self, weight_quantizer, depthwise: bool = False, incremental: bool = False):
         from tflq import quantizers
         self.weight_quantizer = quantizers.get(weight_quantizer)
@@ -261,7 +280,10 @@ class LowBitWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             "min_var": layer.add_weight(f"{name}_min", shape=shape, initializer=bound(-6.0),
                                         trainable=False),
             "max_var": layer.add_weight(f"{name}_max", shape=shape, initializer=bound(6.0),
-                                        trainable=False)}
+                                        trainable=False),
+            # Per-channel scale s: levels s * q(w / s), still k * Δ (tflq.post_training).
+            "scale": layer.add_weight(f"{name}_scale", shape=shape, initializer=bound(1.0),
+                                      trainable=False)}
         if self.incremental:
             zeros = keras.initializers.Zeros()
             variables["mask"] = layer.add_weight(f"{name}_inq_mask", shape=tensor_shape,
@@ -270,9 +292,22 @@ class LowBitWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
                                                    initializer=zeros, trainable=False)
         return variables
 
-    def levels(self, kernel):
-        """The quantizer's levels for ``kernel`` (a Keras-layout kernel)."""
-        return self._unflat(self.weight_quantizer(self._flat(kernel)), kernel)
+    def levels(self, kernel, scale=1.0):
+        """The quantizer's levels for ``kernel`` (a Keras-layout kernel) at per-channel
+        ``scale`` s: s * q(kernel / s), whose step is s * Δ(kernel / s)."""
+        flat = self._flat(kernel)
+        return self._unflat(scale * self.weight_quantizer(flat / scale), kernel)
+
+    def step(self, kernel, scale=1.0):
+        """Δ of ``levels(kernel, scale)``: shape [channels] (or [] per tensor)."""
+        return scale * self.weight_quantizer.step(self._flat(kernel) / scale)
+
+    def quantized(self, kernel, variables):
+        """The kernel as the model uses it in inference (levels, or INQ's mix)."""
+        return self._source_and_levels(kernel, variables)[1]
+
+    def _scale(self, variables):
+        return 1.0 if self.incremental or "scale" not in variables else variables["scale"]
 
     def _source_and_levels(self, kernel, variables):
         """(what Δ is computed from, the quantized kernel). Δ comes from the float
@@ -282,13 +317,13 @@ class LowBitWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             mask = variables["mask"]
             mixed = mask * variables["frozen"] + (1.0 - mask) * kernel
             return mixed, mixed
-        return kernel, self.levels(kernel)
+        return kernel, self.levels(kernel, self._scale(variables))
 
     def sync(self, kernel, variables) -> None:
         """Sets the stored int8 range from the current kernel. Training steps set it
         before the optimizer moves the weights; ``tflq.convert`` calls this first."""
         source, _ = self._source_and_levels(kernel, variables)
-        step = self.weight_quantizer.step(self._flat(source))
+        step = self.step(source, self._scale(variables))
         variables["min_var"].assign(-127.0 * step)
         variables["max_var"].assign(127.0 * step)
 
@@ -296,8 +331,10 @@ class LowBitWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         source, levels = self._source_and_levels(inputs, weights)
         low, high = weights["min_var"], weights["max_var"]
         if training:
-            step = tf.stop_gradient(self.weight_quantizer.step(self._flat(source)))
+            step = tf.stop_gradient(self.step(source, self._scale(weights)))
             low, high = low.assign(-127.0 * step), high.assign(127.0 * step)
+        if self.export_per_tensor and low.shape.rank:  # tflq.converters.per_channel_dense
+            low, high = tf.reduce_min(low), tf.reduce_max(high)
         fake_quant = (tf.quantization.fake_quant_with_min_max_vars if low.shape.rank == 0
                       else tf.quantization.fake_quant_with_min_max_vars_per_channel)
         return self._unflat(fake_quant(self._flat(levels), low, high, num_bits=8,

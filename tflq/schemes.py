@@ -102,9 +102,9 @@ def layer_quantizers(scheme: Scheme, model) -> dict:
             quantizer = quantizers.get(spec)
         except TflqError as e:
             raise TflqError(f"layer {layer.name!r}: {e}") from None
-        if type(layer).__name__ != "Conv2D" and quantizer.per_channel:
-            # TFLite stores Dense (and tfmot's depthwise) weights per tensor here:
-            # per-channel Dense fake-quant fails to convert ("mismatched quantized axes").
+        if type(layer).__name__ == "DepthwiseConv2D" and quantizer.per_channel:
+            # Depthwise weights stay per tensor, as tfmot keeps them. Dense layers are
+            # per channel: converters/per_channel_dense.py puts them in the flatbuffer.
             quantizer = type(quantizer).from_config({**quantizer.get_config(), "per_channel": False})
         chosen[layer.name] = quantizer
     return chosen

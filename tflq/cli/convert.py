@@ -2,7 +2,8 @@
 
 A QAT model (saved by tflq) converts as it is; a float model is quantized with
 --scheme and calibrated on --calibration_samples images of --dataset first
-(post-training quantization).
+(post-training quantization: no fit follows, so by default its low-bit layers are
+also fitted to those images, ``tflq.post_training``; --nopost_training turns it off).
 """
 
 from absl import flags, logging
@@ -15,6 +16,9 @@ from tflq.errors import TflqError
 from tflq.qat import quantize_model
 
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the .tflite flatbuffer.")
+_POST_TRAINING = flags.DEFINE_bool(
+    "post_training", True, "For a float model: fit each low-bit layer to the calibration "
+    "images (per-channel scale search, bias correction; tflq.post_training).")
 
 
 def load_keras_model(path: str) -> keras.Model:
@@ -39,7 +43,8 @@ def main():
                      flags_common.KERAS_MODEL.value, flags_common.SCHEME.value, flags_common.DATASET.value)
         (x_train, _), _ = datasets.load(flags_common.DATASET.value)
         model = quantize_model(model, scheme=flags_common.SCHEME.value,
-                               calibration_data=x_train[:flags_common.CALIBRATION_SAMPLES.value])
+                               calibration_data=x_train[:flags_common.CALIBRATION_SAMPLES.value],
+                               post_training=_POST_TRAINING.value)
     flatbuffer = convert(model)
     outputs.write_bytes(_OUTPUT.value, flatbuffer, flags_common.OVERWRITE.value)
     print(f"wrote {_OUTPUT.value} ({len(flatbuffer)} bytes)")
