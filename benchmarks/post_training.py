@@ -45,15 +45,32 @@ def per_tensor(alias: str):
     return type(q).from_config({**q.get_config(), "per_channel": False})
 
 
-def run_cnn(data, epochs: int) -> list:
-    """The demo CNN (tflq.models "cnn") with the default scheme: first and last layers
-    int8, the rest low-bit."""
+def ds_cnn(input_shape) -> keras.Model:
+    """The DS-CNN shape of keyword spotting (conv, then depthwise-separable blocks, global
+    pooling), on 28x28 images instead of 49x10 spectrograms: BN after every conv."""
+    L = keras.layers
+    layers = [L.InputLayer(input_shape), L.Conv2D(16, 3, strides=2, padding="same",
+                                                  use_bias=False, name="conv"),
+              L.BatchNormalization(), L.ReLU()]
+    for i in range(2):
+        layers += [L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{i}"),
+                   L.BatchNormalization(), L.ReLU(),
+                   L.Conv2D(16, 1, use_bias=False, name=f"pw{i}"), L.BatchNormalization(),
+                   L.ReLU()]
+    layers += [L.GlobalAveragePooling2D(), L.Dense(10, name="logits")]
+    return keras.Sequential(layers, name="ds_cnn")
+
+
+def run_cnn(data, epochs: int, kind: str = "cnn") -> list:
+    """The demo CNN (tflq.models "cnn") or the DS-CNN with the default scheme: first and
+    last layers int8, the rest low-bit."""
     (x_train, y_train, u_train), (x_test, y_test, u_test) = data
     keras.utils.set_random_seed(0)
-    model = models.compile_for_classification(models.build("cnn", x_train.shape[1:]))
+    model = models.compile_for_classification(
+        models.build("cnn", x_train.shape[1:]) if kind == "cnn" else ds_cnn(x_train.shape[1:]))
     model.fit(x_train, y_train, epochs=epochs, batch_size=128, verbose=0)
     float_acc = float(np.mean(model.predict(x_test, verbose=0).argmax(-1) == y_test))
-    rows = [{"input": "cnn", "weights": "float", "dense": "", "accuracy": float_acc}]
+    rows = [{"input": kind, "weights": "float", "dense": "", "accuracy": float_acc}]
     for alias, fit in (("int8", False), ("log3", False), ("log3", True), ("ternary", False),
                        ("ternary", True)):
         keras.utils.set_random_seed(1)
@@ -62,7 +79,7 @@ def run_cnn(data, epochs: int) -> list:
         flatbuffer = tflq.convert(qat)
         inputs = device_inputs(flatbuffer, "raw", u_test, BINS)
         accuracy = float(np.mean(tflite_int8(flatbuffer, inputs).argmax(-1) == y_test))
-        rows.append({"input": "cnn", "weights": alias, "dense": "first and last int8",
+        rows.append({"input": kind, "weights": alias, "dense": "first and last int8",
                      "post_training": fit, "accuracy": accuracy,
                      "target_points_below_float": None if alias == "int8" else 1.5})
         print(rows[-1], flush=True)
@@ -70,8 +87,8 @@ def run_cnn(data, epochs: int) -> list:
 
 
 def run(kind: str, data, epochs: int) -> list:
-    if kind == "cnn":
-        return run_cnn(data, epochs)
+    if kind in ("cnn", "ds_cnn"):
+        return run_cnn(data, epochs, kind)
     (x_train, y_train, u_train), (x_test, y_test, u_test) = data
     if kind == "profiles":
         matrix = profile_matrix(28, 28, BINS)
@@ -109,8 +126,9 @@ def render(results: dict) -> str:
     lines = ["# Post-training quantization: per-tensor vs per-channel Dense", "",
              "Written by `.venv/bin/python benchmarks/post_training.py` "
              f"({results['seconds']:.0f} s). Fashion-MNIST, MLP 784-50-10 (raw pixels) or "
-             f"64 projection profiles -> 50 -> 10 (every layer low-bit), and the demo CNN "
-             f"(`cnn`: first and last layers int8), {results['epochs']} float epochs, "
+             f"64 projection profiles -> 50 -> 10 (every layer low-bit), the demo CNN "
+             f"(`cnn`), and a DS-CNN-shaped model (`ds_cnn`: conv, two depthwise-separable blocks, global "
+             f"pooling; both with first and last layers int8), {results['epochs']} float epochs, "
              "then `quantize_model(..., calibration_data=1,000 training images)` and "
              "`tflq.convert`, no fit. TFLite int8 accuracy on the "
              "10,000 test images (tf.lite reference kernels, the device's int8 inputs). "
@@ -130,13 +148,19 @@ def render(results: dict) -> str:
                          f"{'yes' if r.get('post_training') else ''} | "
                          f"{100 * r['accuracy']:.2f} | {delta:+.2f} | "
                          f"{'' if target is None else f'>= float - {target}'} | {met} |")
+    lines += ["", "Misses: ternary (raw MLP, CNN) and every low-bit DS-CNN row. TWN is "
+              "scale-invariant, so the scale search cannot move its levels; only the bias "
+              "correction acts. The DS-CNN collapses already without the fit, and the fit "
+              "makes it worse. Not yet diagnosed: its depthwise kernels stay per tensor "
+              "(and the fit skips them), and DFQ's cross-layer equalization, the remedy "
+              "issue 14 names for this shape, is not implemented."]
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--inputs", default="raw,profiles,cnn")
+    parser.add_argument("--inputs", default="raw,profiles,cnn,ds_cnn")
     args = parser.parse_args()
     start = time.time()
     data = load("fashion_mnist")
