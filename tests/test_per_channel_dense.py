@@ -10,6 +10,7 @@ import tf_keras as keras
 
 import _models
 import tflq
+from tflq import pipeline
 from tflq.converters import firmware_run, micro_project
 from tflq.converters import model as typed_model
 from tflq.converters.tflite import low_bit_layers
@@ -67,17 +68,8 @@ def test_every_dense_is_per_channel_and_exact(weights, converted):
 def test_tflite_runs_the_per_channel_model_as_the_qat_model(weights, converted, digits):
     qat, flatbuffer = converted[weights]
     _, (x_test, _) = digits
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
-    interpreter.allocate_tensors()
-    given, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scale, zero = given["quantization"]
-    tflite = []
-    for x in x_test:
-        interpreter.set_tensor(given["index"],
-                               np.clip(np.rint(x[None] / scale + zero), -128, 127).astype(np.int8))
-        interpreter.invoke()
-        tflite.append(interpreter.get_tensor(out["index"]).argmax())
-    agree = np.mean(np.array(tflite) == qat.predict(x_test, verbose=0).argmax(-1))
+    tflite = pipeline.tflite_predict(flatbuffer, x_test).argmax(-1)
+    agree = np.mean(tflite == qat.predict(x_test, verbose=0).argmax(-1))
     assert agree >= 0.99, agree
 
 
