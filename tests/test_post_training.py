@@ -45,8 +45,8 @@ def layer_errors(qat, data):
     return out
 
 
-@pytest.mark.parametrize("weights", ["log3", "fixed4"])
-def test_scale_search_and_bias_correction_lower_the_output_error(weights, trained, digits):
+@pytest.mark.parametrize("weights", ["log3", "fixed4", "ternary"])
+def test_scale_search_and_rounding_lower_the_output_error(weights, trained, digits):
     (x_train, _), _ = digits
     scheme = Scheme(weights=weights, first_last_int8=False)
     keras.utils.set_random_seed(1)
@@ -59,9 +59,15 @@ def test_scale_search_and_bias_correction_lower_the_output_error(weights, traine
     # lower the error it minimises (the grid includes s = 1).
     assert after["conv"][0] <= before["conv"][0] * (1 + 1e-6)
     assert sum(e for e, _ in after.values()) < sum(e for e, _ in before.values())
-    # The search moved some scales off 1 (else this test would show nothing).
+    # Something moved (else this test would show nothing): the searched scales (TWN is
+    # scale-invariant), and the kernels, now the levels the rounding chose.
     scales = [v["scale"].numpy() for _, _, q, v in quantized_kernels(fitted) if "scale" in v]
-    assert any(np.any(s != 1.0) for s in scales)
+    assert weights == "ternary" or any(np.any(s != 1.0) for s in scales)
+    for _, kernel, quantizer, variables in quantized_kernels(fitted):
+        levels = quantizer.quantized(kernel, variables).numpy()
+        assert np.mean(kernel.numpy() == levels) > 0.9
+        assert max(len(np.unique(levels[..., c])) for c in range(levels.shape[-1])) \
+            <= quantizer.weight_quantizer.num_levels
 
 
 def mean_output_shift(qat, float_model, data, name):
