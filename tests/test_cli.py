@@ -71,6 +71,18 @@ def test_convert_float_and_qat_models(trained_dir, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temp files left
 
 
+def test_convert_data_free(trained_dir, tmp_path):
+    out = tmp_path / "free.tflite"
+    result = tflq("convert", f"--keras_model={trained_dir / 'float.h5'}", "--data_free",
+                  "--input_range=0,1", f"--output={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes()[4:8] == b"TFL3"
+    bad = tflq("convert", f"--keras_model={trained_dir / 'float.h5'}", "--data_free",
+               "--input_range=0,wide", f"--output={tmp_path / 'bad.tflite'}")
+    assert bad.returncode != 0 and "--input_range must be two numbers" in bad.stderr
+    assert "Traceback" not in bad.stderr and not os.path.exists(tmp_path / "bad.tflite")
+
+
 def test_convert_names_a_missing_model_file(tmp_path):
     result = tflq("convert", f"--keras_model={tmp_path}/nope.h5", f"--output={tmp_path}/m.tflite")
     assert result.returncode != 0 and "nope.h5: no such file" in result.stderr

@@ -2,8 +2,11 @@ r"""Post-training quantization that holds up without retraining.
 
 ``quantize_model(model, scheme, calibration_data=x, post_training=True)`` calibrates,
 then runs ``optimize``: layer by layer, in graph order, each low-bit Conv2D / Dense is
-fitted to its calibration inputs *as the quantized model computes them* (so each layer
-sees, and corrects, the error of the layers before it). Then it is calibrated again.
+fitted to the float model's outputs of that layer, given the calibration inputs *as
+the quantized model computes them*: each layer sees, and corrects, the error of the
+layers before it. Then the model is calibrated again. (Int8 and depthwise layers are
+left as calibrated: bias correction of the int8 first and last layers of the demo CNN
+cost 0.6-1.0 points in ``benchmarks/post_training.py``.)
 
 **Scale search** (per output channel; the layer's output error, not the weights'). A
 quantizer's levels are k·Δ_c, with Δ_c set by the channel's statistics: log's window
@@ -12,9 +15,10 @@ top from max|w|, fixed point's power-of-two step. tflq gives each channel a scal
 :math:`q_s(w) = s \cdot q(w / s)`. These are still k·(s·Δ), so they are exact in int8
 with a per-channel scale. For s on a grid over one octave, :math:`s = 2^{-j/J}`, the
 search keeps the s that minimises the channel's expected squared output error on the
-layer's inputs X (patches, for a Conv2D):
+layer's inputs X in the quantized model (patches, for a Conv2D) and X_f in the float
+one:
 
-.. math::  E_c(s) = (w_c - q_s(w_c))^\top \, X^\top X \, (w_c - q_s(w_c))
+.. math::  E_c(s) = \lVert X q_s(w_c) - X_f w_c \rVert^2
 
 This is the layer-wise objective of AdaRound (Nagel et al. 2020) and of OCS/OMSE-style
 scale searches, with the rounding left to the quantizer. Quantizers that are
@@ -30,14 +34,15 @@ and ``optimize`` writes it into the kernel (a channel where it would not stays a
 was). For TWN and BWN, whose levels are α·k for any α, the codes come first: TWN's
 threshold t = f·mean|w_c| is searched over f ∈ [0.2, 1.6] (the paper fixes f = 0.7
 for Gaussian weights), each code pattern k gets the α of least output error
-:math:`\alpha = k^\top G w / k^\top G k` (G = XᵀX), and α is refitted after each sweep.
+:math:`\alpha = k^\top X^\top X_f w / k^\top X^\top X k`, and α is refitted after each
+sweep.
 
 **Bias correction** (Nagel et al. 2019, "Data-Free Quantization", §4.2, the empirical
-form). Quantizing the weights shifts a channel's expected pre-activation by
-:math:`\mathbb{E}[x]^\top (q(w_c) - w_c)`. Adding the opposite to the bias removes the
-shift:
+form). Quantization shifts a channel's expected pre-activation, through its weights and
+the layers before it, by :math:`\mathbb{E}[x]^\top q(w_c) - \mathbb{E}[x_f]^\top w_c`.
+Subtracting it from the bias removes the shift:
 
-.. math::  b_c \leftarrow b_c - \mathbb{E}[x]^\top (q(w_c) - w_c)
+.. math::  b_c \leftarrow b_c - (\mathbb{E}[x]^\top q(w_c) - \mathbb{E}[x_f]^\top w_c)
 
 Both need only the calibration data. ``benchmarks/post_training.py`` measures what they
 give (docs/benchmarks/post_training.md).
@@ -57,10 +62,14 @@ PASSES = 3  # of the rounding optimisation's coordinate descent
 _FREE_SCALE = ("ternary", "binary")
 
 
-def optimize(qat_model: keras.Model, data, search: bool = True, rounding: bool = True,
-             bias_correction: bool = True, batch_size: int = 256) -> None:
-    """Scale search and bias correction of every low-bit Conv2D / Dense of
-    ``qat_model`` (a calibrated tflq QAT model), in place. ``data``: model inputs."""
+def optimize(qat_model: keras.Model, data, float_model: keras.Model | None = None,
+             search: bool = True, rounding: bool = True, bias_correction: bool = True,
+             batch_size: int = 256) -> None:
+    """Scale search, rounding optimisation and bias correction of every low-bit Conv2D /
+    Dense of ``qat_model`` (a calibrated tflq QAT model), in place. ``data``: model
+    inputs. ``float_model``: the float model it quantizes (same layer names), whose
+    outputs each layer is fitted to; without it, each layer is fitted to its own float
+    weights on the quantized model's inputs."""
     from tflq.qat import LowBitWeightQuantizer, quantized_kernels
 
     from tflq import layers
@@ -68,7 +77,7 @@ def optimize(qat_model: keras.Model, data, search: bool = True, rounding: bool =
     if isinstance(data, tf.data.Dataset):
         raise TflqError("post-training optimisation takes calibration_data as an array of "
                         "inputs, not a tf.data.Dataset")
-    data = np.asarray(data, np.float32)
+    raw = data = np.asarray(data, np.float32)
     head, qat_model = layers.features_of(qat_model)
     if head is not None:  # ProjectionProfiles: the body sees the profiles
         data = head(data).numpy()
@@ -80,36 +89,52 @@ def optimize(qat_model: keras.Model, data, search: bool = True, rounding: bool =
         if (not isinstance(quantizer, LowBitWeightQuantizer) or quantizer.depthwise
                 or quantizer.incremental or type(layer).__name__ not in ("Conv2D", "Dense")):
             continue
-        x = keras.Model(qat_model.inputs, wrapper.input).predict(data, batch_size=batch_size,
-                                                                 verbose=0)
-        x = _patches(layer, x)  # (samples, fan_in), fan_in in the kernel's flattened order
+        inputs = lambda model, x: _patches(layer, keras.Model(  # noqa: E731
+            model.inputs, model.get_layer(layer.name).input if model is float_model
+            else wrapper.input).predict(x, batch_size=batch_size, verbose=0))
+        x = inputs(qat_model, data)  # (rows, fan_in), fan_in in the kernel's flattened order
+        x_float = x if float_model is None else inputs(float_model, raw)
         w = kernel.numpy().reshape(-1, kernel.shape[-1]).astype(np.float64)  # (fan_in, out)
-        gram = x.T @ x / len(x)
-        if search:
-            best = _search(quantizer, kernel, gram)
+        objective = _Objective(x, x_float, w)
+        if search and quantizer.weight_quantizer.family not in _FREE_SCALE:
+            best = _search(quantizer, kernel, objective)
             variables["scale"].assign(best.astype(np.float32) if quantizer.weight_quantizer
                                       .per_channel else np.float32(best.mean()))
         if rounding:
-            _round(quantizer, kernel, variables, gram, w)
+            _round(quantizer, kernel, variables, objective, w)
         quantizer.sync(kernel, variables)
         if bias_correction and layer.use_bias:
-            q = np.asarray(quantizer.quantized(kernel, variables), np.float64)
-            shift = x.mean(0) @ (q.reshape(w.shape) - w)
+            q = np.asarray(quantizer.quantized(kernel, variables), np.float64).reshape(w.shape)
+            shift = x.mean(0) @ q - x_float.mean(0) @ w
             layer.bias.assign((layer.bias.numpy() - shift).astype(np.float32))
 
 
-def _round(quantizer, kernel, variables, gram: np.ndarray, w: np.ndarray) -> None:
+class _Objective:
+    """A channel's output error E = ||X q - X_f w||² / N, with X the layer's inputs in the
+    quantized model and X_f in the float one, as a function of d = q - w:
+    E(d) = dᵀGd - 2hᵀd + const, G = XᵀX / N, h = Xᵀ(X_f - X) w / N."""
+
+    def __init__(self, x: np.ndarray, x_float: np.ndarray, w: np.ndarray):
+        self.gram = x.T @ x / len(x)
+        self.h = x.T @ ((x_float - x) @ w) / len(x)
+
+    def error(self, d: np.ndarray) -> np.ndarray:
+        """E(d) - const, per output channel."""
+        return np.sum((self.gram @ d) * d - 2 * self.h * d, axis=0)
+
+
+def _round(quantizer, kernel, variables, objective: _Objective, w: np.ndarray) -> None:
     """Rounding optimisation: the levels of ``kernel`` that minimise each channel's output
     error, written into ``kernel`` where the quantizer maps them to themselves."""
     wq = quantizer.weight_quantizer
     q = np.asarray(quantizer.quantized(kernel, variables), np.float64).reshape(w.shape)
     free_scale = wq.family in _FREE_SCALE
     if wq.family == "ternary":
-        q = _ternary_search(w, gram, wq.per_channel)
+        q = _ternary_search(w, objective, wq.per_channel)
     for _ in range(PASSES):
-        q = _descend(w, q, gram, _level_sets(q, wq.per_channel, free_scale))
+        q = _descend(w, q, objective, _level_sets(q, wq.per_channel, free_scale))
         if free_scale:
-            q = _refit_scale(w, q, gram, wq.per_channel)
+            q = _refit_scale(w, q, objective, wq.per_channel)
     original = kernel.numpy()
     kernel.assign(q.reshape(kernel.shape).astype(np.float32))
     again = np.asarray(quantizer.quantized(kernel, variables)).reshape(w.shape)
@@ -122,16 +147,15 @@ def _round(quantizer, kernel, variables, gram: np.ndarray, w: np.ndarray) -> Non
         kernel.assign(flat.reshape(kernel.shape))
 
 
-def _ternary_search(w: np.ndarray, gram: np.ndarray, per_channel: bool) -> np.ndarray:
+def _ternary_search(w: np.ndarray, objective: _Objective, per_channel: bool) -> np.ndarray:
     """TWN levels α·sign(w)·[|w| > t] with the threshold t = f·mean|w| (f on a grid) and
     α of least output error, per channel (or one f and α per tensor)."""
     mean = np.abs(w).mean(0)
     best, best_error = None, None
     for f in np.linspace(0.2, 1.6, 29):
         codes = np.sign(w) * (np.abs(w) > f * mean)
-        q = _refit_scale(w, codes, gram, per_channel)
-        d = q - w
-        error = np.sum((gram @ d) * d, axis=0)
+        q = _refit_scale(w, codes, objective, per_channel)
+        error = objective.error(q - w)
         if not per_channel:
             error = np.full_like(error, error.sum())
         if best is None:
@@ -142,13 +166,14 @@ def _ternary_search(w: np.ndarray, gram: np.ndarray, per_channel: bool) -> np.nd
     return best
 
 
-def _refit_scale(w: np.ndarray, q: np.ndarray, gram: np.ndarray, per_channel: bool):
-    """``q``'s codes (q / its channel's largest |q|) times the scale of least output error
-    α = kᵀGw / kᵀGk (per channel, or one for the tensor)."""
+def _refit_scale(w: np.ndarray, q: np.ndarray, objective: _Objective, per_channel: bool):
+    """``q``'s codes k (q / its channel's largest |q|) times the scale of least output
+    error α = kᵀ(Gw + h) / kᵀGk (per channel, or one for the tensor)."""
     top = np.abs(q).max(0)
     codes = q / np.where(top > 0, top, 1.0)
-    gk = gram @ codes
-    num, den = np.sum(gk * w, axis=0), np.sum(gk * codes, axis=0)
+    gk = objective.gram @ codes
+    num = np.sum(codes * (objective.gram @ w + objective.h), axis=0)
+    den = np.sum(gk * codes, axis=0)
     if not per_channel:
         num, den = np.full_like(num, num.sum()), np.full_like(den, den.sum())
     alpha = np.where((den > 0) & (num > 0), num / np.where(den > 0, den, 1.0), top)
@@ -166,8 +191,8 @@ def _level_sets(q: np.ndarray, per_channel: bool, free_scale: bool) -> list:
     return sets
 
 
-def _descend(w: np.ndarray, q: np.ndarray, gram: np.ndarray, sets: list) -> np.ndarray:
-    """One pass of coordinate descent on E = (q - w)ᵀ G (q - w), every channel at once:
+def _descend(w: np.ndarray, q: np.ndarray, objective: _Objective, sets: list) -> np.ndarray:
+    """One pass of coordinate descent on E(q - w), every channel at once:
     each weight moves to the level just below or just above its float value, whichever
     lowers E (AdaRound's choice between rounding down and up, made greedily)."""
     lower, upper = np.empty_like(w), np.empty_like(w)
@@ -175,8 +200,8 @@ def _descend(w: np.ndarray, q: np.ndarray, gram: np.ndarray, sets: list) -> np.n
         i = np.searchsorted(levels, w[:, c])  # levels[i - 1] < w <= levels[i]
         lower[:, c] = levels[np.maximum(i - 1, 0)]
         upper[:, c] = levels[np.minimum(i, len(levels) - 1)]
-    q = q.copy()
-    r = gram @ (q - w)
+    q, gram = q.copy(), objective.gram
+    r = gram @ (q - w) - objective.h  # half the gradient of E
     diagonal = np.diag(gram)
     for i in range(len(w)):
         d_lo, d_hi = lower[i] - q[i], upper[i] - q[i]
@@ -190,7 +215,7 @@ def _descend(w: np.ndarray, q: np.ndarray, gram: np.ndarray, sets: list) -> np.n
     return q
 
 
-def _search(quantizer, kernel, gram: np.ndarray) -> np.ndarray:
+def _search(quantizer, kernel, objective: _Objective) -> np.ndarray:
     """Per output channel: the scale on the one-octave grid with the least output error
     (ties: the larger scale, 1.0 first)."""
     w = tf.convert_to_tensor(kernel)
@@ -201,7 +226,7 @@ def _search(quantizer, kernel, gram: np.ndarray) -> np.ndarray:
     for s in scales:
         scale = tf.constant(np.full(w.shape[-1], s, np.float32) if per_channel else np.float32(s))
         d = np.asarray(quantizer.levels(w, scale), np.float64).reshape(flat_w.shape) - flat_w
-        error = np.sum((gram @ d) * d, axis=0)  # per output channel
+        error = objective.error(d)  # per output channel
         errors.append(error if per_channel else np.full(d.shape[1], error.sum()))
     return scales[np.argmin(np.stack(errors), axis=0)]
 

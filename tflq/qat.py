@@ -45,14 +45,15 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
     model_transformer, transforms)
 
-from tflq import layers, schemes
+from tflq import data_free as dfq, layers, schemes
 from tflq.errors import TflqError
 
 _FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 
 def quantize_model(model: keras.Model, scheme="int8", calibration_data=None,
-                   post_training: bool = False) -> keras.Model:
+                   post_training: bool = False, data_free: bool = False,
+                   input_range=None, equalize: bool = False) -> keras.Model:
     """Returns a tf_keras QAT model of ``model``, ready for ``compile``/``fit``.
 
     Args:
@@ -70,19 +71,42 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None,
       post_training: with ``calibration_data`` and no fit to follow: also fit each
         low-bit Conv2D / Dense to the calibration data (per-channel scale search on
         the layer's output error, and bias correction; ``tflq.post_training``).
+      data_free: quantize with no data (DFQ, ``tflq.data_free``): cross-layer
+        equalization, then ranges and bias correction from the BatchNorm statistics.
+      input_range: with ``data_free``, (low, high) of the model's inputs.
+      equalize: cross-layer equalization (``tflq.data_free.equalize``) before
+        quantizing, as ``data_free`` always does; the float function is unchanged.
     """
     scheme = schemes.resolve(scheme)
     check_model(model)
     if post_training and calibration_data is None:
         raise TflqError("post_training=True needs calibration_data (the inputs it fits "
                         "the quantized layers to)")
+    if data_free and (calibration_data is not None or post_training):
+        raise TflqError("data_free=True quantizes without data: give it no calibration_data "
+                        "and no post_training")
+    if data_free and input_range is None:
+        raise TflqError("data_free=True needs input_range=(low, high), the range of the "
+                        "model's inputs: no statistic in the model gives it")
+    if input_range is not None and not data_free:
+        raise TflqError("input_range is for data_free=True; calibration_data gives the "
+                        "input range otherwise")
     head, body = layers.split_features(model)
+    if head is not None and (data_free or equalize):
+        raise TflqError(f"{'data_free' if data_free else 'equalize'}=True does not support "
+                        f"the ProjectionProfiles layer {head.name!r}")
     if head is not None:  # ProjectionProfiles first: the firmware computes it in C
         qat_model = layers.with_features(head, quantize_model(body, scheme), model.name)
-        _calibrate(qat_model, calibration_data, post_training)
+        _calibrate(qat_model, calibration_data, post_training, model)
         return qat_model
+    statistics = dfq.bn_statistics(model) if data_free else None
     folded = fuse_relus(fold_batch_norms(model))
     check_layers(folded)
+    if data_free or equalize:  # on a copy: folding returns the model itself without BN
+        copy = keras.models.clone_model(folded)
+        copy.set_weights(folded.get_weights())
+        folded = copy
+        dfq.equalize(folded, statistics)
     configs = schemes.layer_quantizers(scheme, folded)
 
     def annotate(layer):
@@ -98,18 +122,20 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None,
     with quantize_scope():
         qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme=_Scheme())
     check_weight_quantizers(folded, qat_model, configs)
-    _calibrate(qat_model, calibration_data, post_training)
+    if data_free:
+        dfq.calibrate(qat_model, folded, statistics, input_range)
+    _calibrate(qat_model, calibration_data, post_training, folded)
     return qat_model
 
 
-def _calibrate(qat_model, calibration_data, post_training: bool) -> None:
+def _calibrate(qat_model, calibration_data, post_training: bool, float_model) -> None:
     if calibration_data is None:
         return
     from tflq import calibration
     calibration.calibrate(qat_model, calibration_data)
     if post_training:  # the layers fitted to the data change the ranges: again
         from tflq import post_training as fit
-        fit.optimize(qat_model, calibration_data)
+        fit.optimize(qat_model, calibration_data, float_model)
         calibration.calibrate(qat_model, calibration_data)
 
 
