@@ -28,7 +28,8 @@ the search changes nothing, and the rounding optimisation below does the work.
 **Rounding optimisation** (AdaRound's objective, Nagel et al. 2020, solved greedily).
 Rounding each weight to its nearest level is optimal for the weights' error, not for
 E_c. With the scale fixed, coordinate descent over the weights (``PASSES`` sweeps)
-moves each weight to the level just below or just above it, whichever lowers E_c; the
+moves each weight to the level just below or just above it (for ternary, to any of
+its three levels), whichever lowers E_c; the
 levels are those the channel already uses, so the quantizer maps the result to itself
 and ``optimize`` writes it into the kernel (a channel where it would not stays as it
 was). For TWN and BWN, whose levels are α·k for any α, the codes come first: TWN's
@@ -132,7 +133,7 @@ def _round(quantizer, kernel, variables, objective: _Objective, w: np.ndarray) -
     if wq.family == "ternary":
         q = _ternary_search(w, objective, wq.per_channel)
     for _ in range(PASSES):
-        q = _descend(w, q, objective, _level_sets(q, wq.per_channel, free_scale))
+        q = _descend(w, q, objective, _level_sets(q, wq), every_level=wq.family == "ternary")
         if free_scale:
             q = _refit_scale(w, q, objective, wq.per_channel)
     original = kernel.numpy()
@@ -180,35 +181,43 @@ def _refit_scale(w: np.ndarray, q: np.ndarray, objective: _Objective, per_channe
     return codes * alpha
 
 
-def _level_sets(q: np.ndarray, per_channel: bool, free_scale: bool) -> list:
+def _level_sets(q: np.ndarray, weight_quantizer) -> list:
     """Per channel, the sorted levels it may use: those it uses (for a per-tensor
-    quantizer, those the tensor uses), and ±α and 0 for binary and ternary."""
+    quantizer, those the tensor uses), and ±α for binary, ±α and 0 for ternary."""
     sets = [np.unique(q[:, c]) for c in range(q.shape[1])]
-    if not per_channel:
+    if not weight_quantizer.per_channel:
         sets = [np.unique(np.concatenate(sets))] * q.shape[1]
-    if free_scale:
-        sets = [np.unique(np.concatenate([s, -s])) for s in sets]
+    if weight_quantizer.family in _FREE_SCALE:
+        zero = [0.0] if weight_quantizer.family == "ternary" else []
+        sets = [np.unique(np.concatenate([s, -s, zero])) for s in sets]
     return sets
 
 
-def _descend(w: np.ndarray, q: np.ndarray, objective: _Objective, sets: list) -> np.ndarray:
-    """One pass of coordinate descent on E(q - w), every channel at once:
-    each weight moves to the level just below or just above its float value, whichever
-    lowers E (AdaRound's choice between rounding down and up, made greedily)."""
-    lower, upper = np.empty_like(w), np.empty_like(w)
+def _descend(w: np.ndarray, q: np.ndarray, objective: _Objective, sets: list,
+             every_level: bool = False) -> np.ndarray:
+    """One pass of coordinate descent on E(q - w), every channel at once: each weight
+    moves to the candidate level that lowers E most. The candidates are the levels just
+    below and just above its float value (AdaRound's choice between rounding down and
+    up, made greedily); with ``every_level`` (ternary: -α, 0, α), every level: a weight
+    may also change sign. (Measured in benchmarks/post_training.py: on the demo CNN's
+    ternary layer this gains 0.7 points; for BWN, sign flips cost 3.)"""
+    candidates = np.empty((3 if every_level else 2, *w.shape))
     for c, levels in enumerate(sets):
+        if every_level:
+            candidates[:, :, c] = np.resize(levels, 3)[:, None]
+            continue
         i = np.searchsorted(levels, w[:, c])  # levels[i - 1] < w <= levels[i]
-        lower[:, c] = levels[np.maximum(i - 1, 0)]
-        upper[:, c] = levels[np.minimum(i, len(levels) - 1)]
+        candidates[0, :, c] = levels[np.maximum(i - 1, 0)]
+        candidates[1, :, c] = levels[np.minimum(i, len(levels) - 1)]
     q, gram = q.copy(), objective.gram
     r = gram @ (q - w) - objective.h  # half the gradient of E
     diagonal = np.diag(gram)
     for i in range(len(w)):
-        d_lo, d_hi = lower[i] - q[i], upper[i] - q[i]
-        gain_lo = 2 * d_lo * r[i] + d_lo ** 2 * diagonal[i]
-        gain_hi = 2 * d_hi * r[i] + d_hi ** 2 * diagonal[i]
-        delta = np.where(gain_lo < np.minimum(gain_hi, 0.0), d_lo,
-                         np.where(gain_hi < 0.0, d_hi, 0.0))
+        moves = candidates[:, i] - q[i]  # (candidates, channels)
+        gains = 2 * moves * r[i] + moves ** 2 * diagonal[i]
+        best = np.argmin(gains, axis=0)
+        delta = np.where(gains[best, np.arange(len(best))] < 0.0,
+                         moves[best, np.arange(len(best))], 0.0)
         if np.any(delta):
             q[i] += delta
             r += np.outer(gram[:, i], delta)
