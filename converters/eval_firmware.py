@@ -71,6 +71,8 @@ def eval_variant(flatbuffer: bytes, io, eval_images, eval_labels,
                   f"{', '.join(str(int(s)) for _, s in params)}}};\n")
         for name in ("projection_profiles.c", "projection_profiles.h"):
             kernel_files[f"tflq_kernels/{name}"] = (FEATURE_DIR / name).read_bytes()
+        kernel_files["tflq_kernels/tflq_requantize.h"] = (
+            MICRO_DIR / "kernels" / "tflq_requantize.h").read_bytes()
         static_bytes = 4 * 4 * bins  # the int32 sums scratch (static in main_eval.cc)
         element = "uint8_t"
     else:

@@ -22,7 +22,7 @@ PROJECT_DIR = "tflq_kernels"
 # Builtin op -> the TFLM kernel file tflq's rv32 version replaces (same file name).
 RV32_INT8 = {"FULLY_CONNECTED": "fully_connected", "CONV_2D": "conv",
              "DEPTHWISE_CONV_2D": "depthwise_conv"}
-_C_CORE = ("tflq_kernels.h", "layer_check.c", "layer_eval.c")
+_C_CORE = ("tflq_kernels.h", "tflq_requantize.h", "layer_check.c", "layer_eval.c")
 _GLUE = ("tflm/tflq_ops.h", "tflm/int8_common.cc")
 
 

@@ -34,7 +34,8 @@ class HostKernels:
             raise TflqError("no host C compiler (cc/gcc) to build micro/kernels: "
                             "apt-get install gcc")
         digest = hashlib.sha256(b"".join(p.read_bytes() for p in
-                                         (*C_SOURCES, KERNELS_DIR / "tflq_kernels.h")))
+                                         (*C_SOURCES, KERNELS_DIR / "tflq_kernels.h",
+                                          KERNELS_DIR / "tflq_requantize.h")))
         lib = Path(build_dir) / f"libtflq_kernels-{digest.hexdigest()[:12]}.so"
         if not lib.exists():
             lib.parent.mkdir(parents=True, exist_ok=True)

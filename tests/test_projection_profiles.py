@@ -13,6 +13,7 @@ from tflq.layers import ProjectionProfiles, bin_sizes
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 C_SOURCE = os.path.join(ROOT, "micro", "features", "projection_profiles.c")
+KERNELS = os.path.join(ROOT, "micro", "kernels")  # tflq_requantize.h
 
 
 def test_hand_computed_4x4_with_2_bins():
@@ -67,8 +68,8 @@ def test_integer_features_match_keras_within_one_step(fashion_uint8):
 
 def _c_library(tmp_path):
     lib = tmp_path / "libpp.so"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(lib),
-                    C_SOURCE], check=True)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", f"-I{KERNELS}",
+                    "-o", str(lib), C_SOURCE], check=True)
     pp = ctypes.CDLL(str(lib)).tflq_projection_profiles
     pp.restype = None
     return pp
@@ -120,7 +121,8 @@ def test_c_on_rv32imac_in_qemu_equals_the_reference(fashion_uint8, tmp_path):
     for source in (str(driver), C_SOURCE, os.path.join(fe310, "fe310.c"), os.path.join(fe310, "uart.c")):
         objects.append(str(tmp_path / (os.path.basename(source) + ".o")))
         subprocess.run([tc.tool("gcc"), *tc.c_flags(semihosting=True), "-O2", "-Wall", "-Werror",
-                        f"-I{os.path.dirname(C_SOURCE)}", "-c", source, "-o", objects[-1]], check=True)
+                        f"-I{os.path.dirname(C_SOURCE)}", f"-I{KERNELS}", "-c", source, "-o",
+                        objects[-1]], check=True)
     subprocess.run([tc.tool("gcc"), *objects, *tc.link_flags("hifive1-reva"), "-o", str(elf)],
                    check=True)
     result = toolchain.run_qemu(elf, timeout_s=60)

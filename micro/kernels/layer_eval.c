@@ -9,37 +9,21 @@
 #include <string.h>
 
 #include "tflq_kernels.h"
+#include "tflq_requantize.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
 /* Inputs per block: 512 bytes of tables whatever the format. */
 enum { PLANES_BLOCK = 64, LUT_TABLE_BYTES = 512 };
 
-INLINE int32_t requantize(int32_t acc, int32_t multiplier, int32_t shift) {
-  const int left = shift > 0 ? shift : 0;
-  const int right = shift > 0 ? 0 : -shift;
-  /* gemmlowp SaturatingRoundingDoublingHighMul (multiplier >= 0, so no overflow case
-   * other than INT32_MIN * INT32_MIN, impossible here). */
-  const int64_t ab = (int64_t)(int32_t)((uint32_t)acc << left) * multiplier;
-  const int64_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
-  const int64_t sum = ab + nudge;
-  /* C division truncates toward zero, as gemmlowp's does. */
-  const int32_t high = (int32_t)(sum >= 0 ? sum >> 31 : -((-sum) >> 31));
-  /* gemmlowp RoundingDivideByPOT */
-  const int32_t mask = (int32_t)(((uint32_t)1 << right) - 1);
-  const int32_t remainder = high & mask;
-  const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-  return (high >> right) + (remainder > threshold ? 1 : 0);
-}
-
 int32_t tflq_requantize(int32_t acc, int32_t multiplier, int32_t shift) {
-  return requantize(acc, multiplier, shift);
+  return tflq_multiply_by_quantized_multiplier(acc, multiplier, shift);
 }
 
 INLINE int8_t finish(const tflq_layer_t* l, int c, int32_t acc) {
   const int q = l->requant_per_channel ? c : 0;
-  int32_t v = requantize(acc + l->bias[c], l->multiplier[q], l->shift[q]) +
-              l->output_offset;
+  int32_t v = tflq_multiply_by_quantized_multiplier(acc + l->bias[c], l->multiplier[q],
+                                                    l->shift[q]) + l->output_offset;
   if (v < l->act_min) v = l->act_min;
   if (v > l->act_max) v = l->act_max;
   return (int8_t)v;

@@ -88,7 +88,8 @@ size_t tflq_scratch_bytes(const tflq_layer_t* layer);
 void tflq_layer_eval(const tflq_layer_t* layer, const int8_t* input, int batches,
                      int8_t* output, void* scratch);
 
-/* TFLM's MultiplyByQuantizedMultiplier (gemmlowp double rounding). */
+/* TFLM's MultiplyByQuantizedMultiplier (gemmlowp double rounding), for the host tests;
+ * the kernels inline tflq_requantize.h, the one definition. */
 int32_t tflq_requantize(int32_t acc, int32_t multiplier, int32_t shift);
 
 #ifdef __cplusplus
