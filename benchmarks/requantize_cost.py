@@ -33,44 +33,47 @@ def _array(name, ctype, values):
     return f"static {ctype} {name}[{len(values)}] = {{{', '.join(str(int(v)) for v in values)}}};\n"
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--header", default=str(MICRO_DIR / "kernels" / "tflq_requantize.h"))
-    args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    acc = rng.integers(-2 ** 20, 2 ** 20, N)
-    bias = rng.integers(-2 ** 12, 2 ** 12, N)
-    mult = rng.integers(2 ** 30, 2 ** 31, N)
-    shift = rng.integers(-12, 1, N)
-    offset = -5
-    want = np.array([np.clip(int(requantize.double_rounding(a + b, int(m), int(s))) + offset,
+def expected(acc, bias, mult, shift, offset) -> np.ndarray:
+    """converters/requantize.py's outputs for the driver's loop."""
+    return np.array([np.clip(int(requantize.double_rounding(a + b, int(m), int(s))) + offset,
                              -128, 127) for a, b, m, s in zip(acc, bias, mult, shift)])
+
+
+def run_on_device(header: str, acc, bias, mult, shift, offset: int):
+    """(int8 outputs, int32 requantized values, loop instructions without and with the
+    requantization), on the FE310 in QEMU."""
+    n = len(acc)
     driver = (
         '#include <stdio.h>\n#include "perf.h"\n#include "requantize_under_test.h"\n'
         + _array("acc", "int32_t", acc) + _array("bias", "int32_t", bias)
         + _array("mult", "int32_t", mult) + _array("shift", "int32_t", shift)
-        + f"static int8_t out[{N}];\nstatic volatile int32_t offset = {offset};\n"
+        + f"static int8_t out[{n}];\nstatic volatile int32_t offset = {offset};\n"
         "__attribute__((noinline)) static void with(int32_t off) {\n"
-        f"  for (int c = 0; c < {N}; ++c) {{\n"
+        f"  for (int c = 0; c < {n}; ++c) {{\n"
         "    int32_t v = tflq_multiply_by_quantized_multiplier(acc[c] + bias[c], mult[c], shift[c]) + off;\n"
         "    if (v < -128) v = -128;\n    if (v > 127) v = 127;\n    out[c] = (int8_t)v;\n  }\n}\n"
         "__attribute__((noinline)) static void without(int32_t off) {\n"
-        f"  for (int c = 0; c < {N}; ++c) {{\n"
+        f"  for (int c = 0; c < {n}; ++c) {{\n"
         "    int32_t v = acc[c] + bias[c] + mult[c] + shift[c] + off;\n"
         "    if (v < -128) v = -128;\n    if (v > 127) v = 127;\n    out[c] = (int8_t)v;\n  }\n}\n"
-        "int main(void) {\n  const int32_t off = offset;\n"
+        f"static int32_t raw[{n}];\n"
+        "__attribute__((noinline)) static void unclamped(void) {\n"
+        f"  for (int c = 0; c < {n}; ++c)\n"
+        "    raw[c] = tflq_multiply_by_quantized_multiplier(acc[c] + bias[c], mult[c], shift[c]);\n}\n"
+        "int main(void) {\n  const int32_t off = offset;\n  unclamped();\n"
         "  uint32_t t0 = tflq_read_minstret32();\n  without(off);\n"
         "  uint32_t t1 = tflq_read_minstret32();\n  with(off);\n"
         "  uint32_t t2 = tflq_read_minstret32();\n"
-        '  printf("BASE %lu REQ %lu\\n", (unsigned long)(t1 - t0), (unsigned long)(t2 - t1));\n'
-        f'  printf("OUT"); for (int c = 0; c < {N}; ++c) printf(" %d", out[c]); printf("\\n");\n'
+        '  printf("BASE %lu\\nREQ %lu\\n", (unsigned long)(t1 - t0), (unsigned long)(t2 - t1));\n'
+        f'  printf("OUT"); for (int c = 0; c < {n}; ++c) printf(" %d", out[c]); printf("\\n");\n'
+        f'  printf("RAW"); for (int c = 0; c < {n}; ++c) printf(" %ld", (long)raw[c]); printf("\\n");\n'
         "  return 0;\n}\n")
     tc = toolchain.find_toolchain()
     fe310 = MICRO_DIR / "fe310"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "main.c").write_text(driver)
-        (tmp / "requantize_under_test.h").write_text(Path(args.header).read_text())
+        (tmp / "requantize_under_test.h").write_text(Path(header).read_text())
         objects = []
         for source in (tmp / "main.c", fe310 / "fe310.c", fe310 / "uart.c"):
             objects.append(str(tmp / (source.name + ".o")))
@@ -82,13 +85,26 @@ def main():
                        check=True)
         result = toolchain.run_qemu(elf, timeout_s=60)
     lines = dict(line.split(" ", 1) for line in result.uart_text.splitlines() if " " in line)
-    got = np.array(lines["OUT"].split(), int)
+    return (np.array(lines["OUT"].split(), int), np.array(lines["RAW"].split(), np.int64),
+            int(lines["BASE"]), int(lines["REQ"]))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--header", default=str(MICRO_DIR / "kernels" / "tflq_requantize.h"))
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    acc = rng.integers(-2 ** 20, 2 ** 20, N)
+    bias = rng.integers(-2 ** 12, 2 ** 12, N)
+    mult = rng.integers(2 ** 30, 2 ** 31, N)
+    shift = rng.integers(-12, 1, N)
+    offset = -5
+    got, _, base, req = run_on_device(args.header, acc, bias, mult, shift, offset)
+    want = expected(acc, bias, mult, shift, offset)
     if not np.array_equal(got, want):
         raise SystemExit(f"device outputs differ from double_rounding at "
                          f"{np.flatnonzero(got != want)[:8].tolist()}")
-    base, req = (int(v) for v in lines["BASE"].split()[0::2][:1] + lines["BASE"].split()[2:3])
-    per_channel = (req - base) / N
-    print(f"{args.header}: {per_channel:.2f} instructions per output channel for the "
+    print(f"{args.header}: {(req - base) / N:.2f} instructions per output channel for the "
           f"requantization ({req / N:.2f} for the whole bias + requantize + offset + clamp + "
           f"store loop body, {base / N:.2f} without the requantization); {N} outputs equal "
           "converters/requantize.py")

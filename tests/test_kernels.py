@@ -5,6 +5,8 @@ dilations, paddings and zero points; the packing format round-trips; corrupt blo
 refused with a message.
 """
 import struct
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +154,30 @@ def test_requantize_is_tflm_double_rounding(host):
         want = double_rounding(small, q, shift)
         got = [host.requantize(int(a), q, shift) for a in small]
         np.testing.assert_array_equal(got, want, err_msg=f"q={q} shift={shift}")
+
+
+@pytest.mark.firmware
+@pytest.mark.usefixtures("firmware_tools")
+def test_requantize_on_the_fe310_is_tflm_double_rounding():
+    """micro/kernels/tflq_requantize.h compiled for rv32imac, in QEMU, against numpy: ties,
+    extremes and every shift from -31 to 3 (left shifts kept from overflowing, as in
+    TFLM)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import requantize_cost  # noqa: E402  -- the benchmark's driver, so both run one program
+
+    rng = np.random.default_rng(12)
+    rows = []
+    for shift in range(-31, 4):
+        for q in (1 << 30, 2 ** 31 - 1, 1518500250, int(rng.integers(1 << 30, 1 << 31))):
+            accs = [0, 1, -1, 2 ** 31 - 1, -2 ** 31 + 1, *rng.integers(-2 ** 31, 2 ** 31, 4)]
+            # ties: with q = 2^30, a*q/2^31 = a/2 (odd a), and high = 3*2^(r-1) at a = 3*2^r
+            accs += [3, -3] + ([3 << -shift, -(3 << -shift)] if 0 < -shift <= 29 else [])
+            rows += [(int(a) >> max(shift, 0), q, shift) for a in accs]
+    acc, mult, shift = (np.array(c, np.int64) for c in zip(*rows))
+    _, raw, _, _ = requantize_cost.run_on_device(
+        str(kernels.KERNELS_DIR / "tflq_requantize.h"), acc, np.zeros_like(acc), mult, shift, 0)
+    want = np.array([int(double_rounding(a, int(q), int(s))) for a, q, s in rows])
+    np.testing.assert_array_equal(raw, want)
 
 
 def _blob(rng, name="ternary", op=packing.OP_CONV):
