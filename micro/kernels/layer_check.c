@@ -93,15 +93,17 @@ int tflq_layer_check(const tflq_layer_t* l, char* err, size_t n) {
   return 0;
 }
 
-int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err, size_t n) {
-  memset(l, 0, sizeof(*l));
-  if (b == NULL || length < TFLQ_HEADER_BYTES)
-    return fail(err, n, "packed weights: %u bytes, less than the %d-byte header",
-                (unsigned)length, TFLQ_HEADER_BYTES);
-  if (((uintptr_t)b & 3u) != 0)
-    return fail(err, n, "packed weights are not 4-byte aligned (address %p)", (const void*)b);
-  if (memcmp(b, "TQP1", 4) != 0)
-    return fail(err, n, "packed weights: bad magic (not a tflq TQP1 blob)");
+/* Bytes of the codebook section, zero-padded to 4 (0 for int8 rows or a bad width). */
+static size_t codebook_bytes(const tflq_layer_t* l) {
+  const size_t books = l->per_channel_codebook ? (size_t)l->out_channels : 1;
+  size_t codebook = 0;
+  if (l->format == TFLQ_FMT_PLANES) codebook = 4 * books;
+  if (l->format == TFLQ_FMT_LUT && l->bits >= 1 && l->bits <= 4)
+    codebook = ((size_t)1 << l->bits) * books;
+  return (codebook + 3) & ~(size_t)3;
+}
+
+void tflq_layer_decode(const uint8_t* b, tflq_layer_t* l) {
   l->op = b[4];
   l->format = b[5];
   l->bits = b[6];
@@ -127,6 +129,28 @@ int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err
   l->act_min = (int32_t)u32(b + 40);
   l->act_max = (int32_t)u32(b + 44);
   l->row_bytes = (int)u32(b + 48);
+  const size_t channels = (size_t)l->out_channels;
+  const uint8_t* p = b + TFLQ_HEADER_BYTES;
+  l->bias = (const int32_t*)p;
+  l->multiplier = (const int32_t*)(p + 4 * channels);
+  l->shift = (const int32_t*)(p + 8 * channels);
+  l->requant_per_channel = 1;
+  p += 12 * channels;
+  l->affine = l->format == TFLQ_FMT_PLANES ? (const int16_t*)p : NULL;
+  l->levels = l->format == TFLQ_FMT_LUT ? (const int8_t*)p : NULL;
+  l->weights = p + codebook_bytes(l);
+}
+
+int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err, size_t n) {
+  memset(l, 0, sizeof(*l));
+  if (b == NULL || length < TFLQ_HEADER_BYTES)
+    return fail(err, n, "packed weights: %u bytes, less than the %d-byte header",
+                (unsigned)length, TFLQ_HEADER_BYTES);
+  if (((uintptr_t)b & 3u) != 0)
+    return fail(err, n, "packed weights are not 4-byte aligned (address %p)", (const void*)b);
+  if (memcmp(b, "TQP1", 4) != 0)
+    return fail(err, n, "packed weights: bad magic (not a tflq TQP1 blob)");
+  tflq_layer_decode(b, l);
   if (check_kind(l, err, n) != 0) return -1;
   const uint32_t total = u32(b + 52);
   if (total != length)
@@ -137,12 +161,7 @@ int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err
                 "weights of depth %d", l->row_bytes,
                 expected_row_bytes(l->format, l->bits, l->depth), l->bits, l->depth);
   const size_t channels = (size_t)l->out_channels;
-  const size_t books = l->per_channel_codebook ? channels : 1;
-  size_t codebook = 0;
-  if (l->format == TFLQ_FMT_PLANES) codebook = 4 * books;
-  if (l->format == TFLQ_FMT_LUT && l->bits >= 1 && l->bits <= 4)
-    codebook = ((size_t)1 << l->bits) * books;
-  codebook = (codebook + 3) & ~(size_t)3;
+  const size_t codebook = codebook_bytes(l);
   const size_t expected =
       TFLQ_HEADER_BYTES + 12 * channels + codebook + channels * (size_t)l->row_bytes;
   if (expected != length)
@@ -151,15 +170,6 @@ int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err
                 "codebook need %lu",
                 (unsigned long)length, (unsigned long)channels, l->row_bytes,
                 (unsigned long)codebook, (unsigned long)expected);
-  const uint8_t* p = b + TFLQ_HEADER_BYTES;
-  l->bias = (const int32_t*)p;
-  l->multiplier = (const int32_t*)(p + 4 * channels);
-  l->shift = (const int32_t*)(p + 8 * channels);
-  l->requant_per_channel = 1;
-  p += 12 * channels;
-  if (l->format == TFLQ_FMT_PLANES) l->affine = (const int16_t*)p;
-  if (l->format == TFLQ_FMT_LUT) l->levels = (const int8_t*)p;
-  l->weights = p + codebook;
   if (l->format == TFLQ_FMT_INT8 && l->per_channel_codebook)
     return fail(err, n, "packed weights: int8 rows with a codebook flag");
   return tflq_layer_check(l, err, n);

@@ -75,6 +75,10 @@ typedef struct {
 int tflq_layer_parse(const uint8_t* blob, size_t length, tflq_layer_t* layer, char* err,
                      size_t err_size);
 
+/* Fills *layer from a blob that tflq_layer_parse has accepted, with no checks: what
+ * Eval does, so that the blob is validated once, at Prepare. */
+void tflq_layer_decode(const uint8_t* blob, tflq_layer_t* layer);
+
 /* Checks a layer's fields for consistency (parse calls it; the TFLM int8 kernels
  * fill a layer from tensors and call it too). Returns 0 or -1 with err. */
 int tflq_layer_check(const tflq_layer_t* layer, char* err, size_t err_size);

@@ -1,7 +1,8 @@
 // TFLQ_PACKED: a FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D layer whose weights
 // are a TQP1 blob (micro/kernels/tflq_kernels.h), read in place from flash or RAM.
 // Prepare checks the blob and the tensors against each other and refuses anything
-// inconsistent with a message; Eval runs the plain-C kernel.
+// inconsistent with a message; Eval decodes the checked header (no validation) and runs
+// the plain-C kernel.
 #include "tflq_kernels.h"
 #include "tflq_ops.h"
 
@@ -23,17 +24,6 @@ struct OpData {
 
 void* Init(TfLiteContext* context, const char*, size_t) {
   return context->AllocatePersistentBuffer(context, sizeof(OpData));
-}
-
-TfLiteStatus Parse(const TfLiteEvalTensor* blob, tflq_layer_t* layer) {
-  char err[160];
-  if (tflq_layer_parse(tflite::micro::GetTensorData<uint8_t>(blob),
-                       tflite::micro::GetTensorShape(blob).FlatSize(), layer, err,
-                       sizeof(err)) != 0) {
-    MicroPrintf("TFLQ_PACKED: %s", err);
-    return kTfLiteError;
-  }
-  return kTfLiteOk;
 }
 
 TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
@@ -86,8 +76,8 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, kInput);
   const TfLiteEvalTensor* blob = tflite::micro::GetEvalInput(context, node, kBlob);
   TfLiteEvalTensor* output = tflite::micro::GetEvalOutput(context, node, kOutput);
-  tflq_layer_t layer;
-  TF_LITE_ENSURE_STATUS(Parse(blob, &layer));
+  tflq_layer_t layer;  // the blob passed tflq_layer_parse at Prepare: decode only
+  tflq_layer_decode(tflite::micro::GetTensorData<uint8_t>(blob), &layer);
   const auto* data = static_cast<const OpData*>(node->user_data);
   void* scratch =
       data->scratch_index >= 0 ? context->GetScratchBuffer(context, data->scratch_index) : nullptr;
