@@ -112,23 +112,21 @@ static void planes_tables(const int8_t* x, int k0, int count, int depth, int16_t
   }
 }
 
-/* One plane byte: two nibbles, each a table lookup (the high nibble's table is 16
- * entries further). */
-#define PLANE(s, byte)                                                     \
-  do {                                                                     \
-    const uint32_t b_ = (byte);                                            \
-    s += *(const int16_t*)((const uint8_t*)t + ((b_ << 1) & 0x1e)) +       \
-         *(const int16_t*)((const uint8_t*)t + 32 + ((b_ >> 3) & 0x1e));   \
-  } while (0)
+/* One plane byte of table block t: two nibbles, each a table lookup (the high
+ * nibble's table is 16 entries further); byte offsets 2 * nibble come from masks. */
+INLINE int32_t plane(const int16_t* t, uint32_t byte) {
+  return *(const int16_t*)((const uint8_t*)t + ((byte << 1) & 0x1e)) +
+         *(const int16_t*)((const uint8_t*)t + 32 + ((byte >> 3) & 0x1e));
+}
 
 INLINE int32_t planes_row(const uint8_t* w, const int16_t* t, int chunks, const int bits) {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   const uint8_t* end = w + chunks * bits;
   for (; w != end; w += bits, t += 32) {
-    PLANE(s0, w[0]);
-    if (bits > 1) PLANE(s1, w[1]);
-    if (bits > 2) PLANE(s2, w[2]);
-    if (bits > 3) PLANE(s3, w[3]);
+    s0 += plane(t, w[0]);
+    if (bits > 1) s1 += plane(t, w[1]);
+    if (bits > 2) s2 += plane(t, w[2]);
+    if (bits > 3) s3 += plane(t, w[3]);
   }
   return s0 + (s1 << 1) + (s2 << 2) + (s3 << 3);
 }
@@ -144,8 +142,11 @@ static void lut_tables(const int8_t* x, int k0, int count, int depth, const int8
   }
 }
 
-/* The int16 entry at byte offset `off` of table row `row` (rows of 2^bits entries). */
-#define LUT(row, off) (*(const int16_t*)((const uint8_t*)t + (row) * (2 << bits) + (off)))
+/* The int16 entry at byte offset `off` of row `row` of tables t (rows of 2^bits
+ * entries). */
+INLINE int32_t lut(const int16_t* t, int bits, int row, uint32_t off) {
+  return *(const int16_t*)((const uint8_t*)t + row * (2 << bits) + off);
+}
 
 INLINE int32_t lut_row(const uint8_t* w, const int16_t* t, int chunks, const int bits) {
   int32_t s = 0;
@@ -153,23 +154,26 @@ INLINE int32_t lut_row(const uint8_t* w, const int16_t* t, int chunks, const int
   for (; w != end; w += bits, t += 8 << bits) {
     if (bits == 4) { /* 2 codes per byte; byte offsets 2 * code come straight from masks */
       uint32_t b = w[0];
-      s += LUT(0, (b << 1) & 0x1e) + LUT(1, (b >> 3) & 0x1e);
+      s += lut(t, bits, 0, (b << 1) & 0x1e) + lut(t, bits, 1, (b >> 3) & 0x1e);
       b = w[1];
-      s += LUT(2, (b << 1) & 0x1e) + LUT(3, (b >> 3) & 0x1e);
+      s += lut(t, bits, 2, (b << 1) & 0x1e) + lut(t, bits, 3, (b >> 3) & 0x1e);
       b = w[2];
-      s += LUT(4, (b << 1) & 0x1e) + LUT(5, (b >> 3) & 0x1e);
+      s += lut(t, bits, 4, (b << 1) & 0x1e) + lut(t, bits, 5, (b >> 3) & 0x1e);
       b = w[3];
-      s += LUT(6, (b << 1) & 0x1e) + LUT(7, (b >> 3) & 0x1e);
+      s += lut(t, bits, 6, (b << 1) & 0x1e) + lut(t, bits, 7, (b >> 3) & 0x1e);
     } else if (bits == 2) {
       uint32_t b = w[0];
-      s += LUT(0, (b << 1) & 6) + LUT(1, (b >> 1) & 6) + LUT(2, (b >> 3) & 6) + LUT(3, (b >> 5) & 6);
+      s += lut(t, bits, 0, (b << 1) & 6) + lut(t, bits, 1, (b >> 1) & 6) +
+           lut(t, bits, 2, (b >> 3) & 6) + lut(t, bits, 3, (b >> 5) & 6);
       b = w[1];
-      s += LUT(4, (b << 1) & 6) + LUT(5, (b >> 1) & 6) + LUT(6, (b >> 3) & 6) + LUT(7, (b >> 5) & 6);
+      s += lut(t, bits, 4, (b << 1) & 6) + lut(t, bits, 5, (b >> 1) & 6) +
+           lut(t, bits, 6, (b >> 3) & 6) + lut(t, bits, 7, (b >> 5) & 6);
     } else { /* 3 bits: 8 codes in 24 bits */
       const uint32_t b = (uint32_t)w[0] | ((uint32_t)w[1] << 8) | ((uint32_t)w[2] << 16);
-      s += LUT(0, (b << 1) & 14) + LUT(1, (b >> 2) & 14) + LUT(2, (b >> 5) & 14) +
-           LUT(3, (b >> 8) & 14) + LUT(4, (b >> 11) & 14) + LUT(5, (b >> 14) & 14) +
-           LUT(6, (b >> 17) & 14) + LUT(7, (b >> 20) & 14);
+      s += lut(t, bits, 0, (b << 1) & 14) + lut(t, bits, 1, (b >> 2) & 14) +
+           lut(t, bits, 2, (b >> 5) & 14) + lut(t, bits, 3, (b >> 8) & 14) +
+           lut(t, bits, 4, (b >> 11) & 14) + lut(t, bits, 5, (b >> 14) & 14) +
+           lut(t, bits, 6, (b >> 17) & 14) + lut(t, bits, 7, (b >> 20) & 14);
     }
   }
   return s;
