@@ -12,6 +12,15 @@
 #include "tflq_requantize.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* gcc's first scheduling pass hoists all of a loop's loads and then spills the
+ * accumulators of the 4-channel int8 loop to the stack; without it the loop stays in
+ * registers. FC 128 -> 128 on the FE310, in tflq_layer_eval: 5.36 instructions per MAC
+ * with that pass, 3.87 without (the 2-channel loop before it: 4.43). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_PRESCHEDULE __attribute__((optimize("no-schedule-insns")))
+#else
+#define NO_PRESCHEDULE
+#endif
 
 /* Inputs per block: 512 bytes of tables whatever the format. */
 enum { PLANES_BLOCK = 64, LUT_TABLE_BYTES = 512 };
@@ -55,7 +64,7 @@ size_t tflq_scratch_bytes(const tflq_layer_t* l) {
   return bytes;
 }
 
-/* ---- int8 rows: two output channels per pass share the input loads ---- */
+/* ---- int8 rows: four (then two, one) output channels per pass share the input loads ---- */
 
 INLINE int32_t dot1(const int8_t* x, const int8_t* w, int depth) {
   int32_t s = 0;
@@ -66,10 +75,40 @@ INLINE int32_t dot1(const int8_t* x, const int8_t* w, int depth) {
   return s;
 }
 
-static void int8_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
+NO_PRESCHEDULE static void int8_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
   const int depth = l->depth;
   const int8_t* w = (const int8_t*)l->weights;
   int c = 0;
+  /* Four output channels per pass: each input load serves four MACs. */
+  for (; c + 4 <= l->out_channels; c += 4, w += 4 * depth) {
+    const int8_t *w0 = w, *w1 = w + depth, *w2 = w + 2 * depth, *w3 = w + 3 * depth;
+    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const int8_t* xp = x;
+    const int8_t* end = x + (depth & ~7);
+    for (; xp != end; xp += 8, w0 += 8, w1 += 8, w2 += 8, w3 += 8) {
+      const int32_t x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
+      const int32_t x4 = xp[4], x5 = xp[5], x6 = xp[6], x7 = xp[7];
+      s0 += x0 * w0[0] + x1 * w0[1] + x2 * w0[2] + x3 * w0[3] +
+            x4 * w0[4] + x5 * w0[5] + x6 * w0[6] + x7 * w0[7];
+      s1 += x0 * w1[0] + x1 * w1[1] + x2 * w1[2] + x3 * w1[3] +
+            x4 * w1[4] + x5 * w1[5] + x6 * w1[6] + x7 * w1[7];
+      s2 += x0 * w2[0] + x1 * w2[1] + x2 * w2[2] + x3 * w2[3] +
+            x4 * w2[4] + x5 * w2[5] + x6 * w2[6] + x7 * w2[7];
+      s3 += x0 * w3[0] + x1 * w3[1] + x2 * w3[2] + x3 * w3[3] +
+            x4 * w3[4] + x5 * w3[5] + x6 * w3[6] + x7 * w3[7];
+    }
+    for (const int8_t* last = x + depth; xp != last; ++xp) {
+      const int32_t v = *xp;
+      s0 += v * *w0++;
+      s1 += v * *w1++;
+      s2 += v * *w2++;
+      s3 += v * *w3++;
+    }
+    out[c] = finish(l, c, s0);
+    out[c + 1] = finish(l, c + 1, s1);
+    out[c + 2] = finish(l, c + 2, s2);
+    out[c + 3] = finish(l, c + 3, s3);
+  }
   for (; c + 2 <= l->out_channels; c += 2, w += 2 * depth) {
     const int8_t* w1 = w + depth;
     int32_t s0 = 0, s1 = 0;
