@@ -22,9 +22,9 @@ _NAMES = {
     "io_quantization": ("tflq.converters.tflite", "io_quantization"),
     "QuantParams": ("tflq.converters.tflite", "QuantParams"),
     "converters": ("tflq.converters", None),
-    **{m: (f"tflq.{m}", None) for m in ("calibration", "datasets", "demo", "inq", "layers",
-                                        "micro", "models", "pipeline", "post_training", "qat", "quantizers",
-                                        "report", "schemes")},
+    **{m: (f"tflq.{m}", None) for m in ("calibration", "data_free", "datasets", "demo", "inq",
+                                        "layers", "micro", "models", "pipeline", "post_training",
+                                        "qat", "quantizers", "report", "schemes")},
 }
 
 __all__ = ["TflqError", *_NAMES]
