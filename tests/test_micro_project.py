@@ -28,7 +28,7 @@ PROJECT_FILES = {
     "model.tflite", "tflq_project.json", "test_inputs.npy"}
 # tflq's kernels for a FULLY_CONNECTED-only int8 model (kernels="tflq", the default).
 RV32_FC_FILES = {f"tflq_kernels/{n}" for n in (
-    "tflq_kernels.h", "layer_check.c", "layer_eval.c", "tflq_ops.h", "int8_common.cc",
+    "tflq_kernels.h", "tflq_requantize.h", "layer_check.c", "layer_eval.c", "tflq_ops.h", "int8_common.cc",
     "fully_connected.cc")}
 
 
