@@ -328,16 +328,21 @@ def _pairs(folded) -> list:
             if kind == "Flatten":
                 repeat *= int(np.prod(layer.input_shape[1:-1]))
             elif kind == "ReLU":
-                if _relu_name(layer) != "relu":
+                config = layer.get_config()  # ReLU(x / s) = ReLU(x) / s: no slope, threshold, cap
+                if (config.get("negative_slope") or config.get("threshold")
+                        or config.get("max_value") is not None):
                     break
             elif kind not in _PASS:
                 break
     return pairs
 
 
+def _kernel_variable(layer):
+    return layer.depthwise_kernel if type(layer).__name__ == "DepthwiseConv2D" else layer.kernel
+
+
 def _kernel(layer) -> np.ndarray:
-    return (layer.depthwise_kernel if type(layer).__name__ == "DepthwiseConv2D"
-            else layer.kernel).numpy()
+    return _kernel_variable(layer).numpy()
 
 
 def _output_ranges(layer, w: np.ndarray) -> np.ndarray:
@@ -353,9 +358,8 @@ def _input_slice(layer, w: np.ndarray, rows):
 
 
 def _scale_outputs(layer, w: np.ndarray, factor: np.ndarray) -> None:
-    target = layer.depthwise_kernel if type(layer).__name__ == "DepthwiseConv2D" else layer.kernel
     shape = (w.shape[2], 1) if type(layer).__name__ == "DepthwiseConv2D" else (w.shape[-1],)
-    target.assign((w * factor.reshape(shape)).astype(np.float32))
+    _kernel_variable(layer).assign((w * factor.reshape(shape)).astype(np.float32))
     if layer.use_bias:
         layer.bias.assign((layer.bias.numpy() * factor).astype(np.float32))
 
@@ -367,5 +371,4 @@ def _scale_inputs(layer, w: np.ndarray, rows, factor: np.ndarray) -> None:
             w[r, :] *= f
         else:
             w[:, :, r, :] *= f
-    target = layer.depthwise_kernel if type(layer).__name__ == "DepthwiseConv2D" else layer.kernel
-    target.assign(w.astype(np.float32))
+    _kernel_variable(layer).assign(w.astype(np.float32))
