@@ -64,13 +64,13 @@ def rewrite(flatbuffer: bytes, dense_layers) -> bytes:
             raise TflqError(f"layer {wrapper.layer.name!r}: its levels are not integer "
                             "multiples of its per-channel steps")
         weights = sg.tensors[op.inputs[1]]
-        _set(model, weights, codes.astype(np.int8), steps)
+        set_quantized(model, weights, codes.astype(np.int8), steps)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             s_in = float(sg.tensors[op.inputs[0]].quantization.scale[0])
             bias = np.asarray(wrapper.layer.bias.numpy(), np.float64)
             scales = s_in * steps
             q = np.clip(np.rint(bias / scales), -2**31, 2**31 - 1).astype(np.int32)
-            _set(model, sg.tensors[op.inputs[2]], q, scales)
+            set_quantized(model, sg.tensors[op.inputs[2]], q, scales)
     fb.drop_unused(model)
     return fb.dump(model)
 
@@ -93,7 +93,7 @@ def _find(model, fc_ops, wrapper_name: str, levels: np.ndarray, step: float):
                     "weights in the converted model, not one")
 
 
-def _set(model, tensor, values: np.ndarray, scales: np.ndarray) -> None:
+def set_quantized(model, tensor, values: np.ndarray, scales: np.ndarray) -> None:
     """Points ``tensor`` at a new buffer holding ``values``, quantized per channel
     (dimension 0) with ``scales`` and zero points 0."""
     buffer = schema.BufferT()

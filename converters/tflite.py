@@ -58,7 +58,7 @@ def convert(qat_model, representative_data=None) -> bytes:
     for _, kernel, quantizer, variables in quantized_kernels(qat_model):
         if isinstance(quantizer, LowBitWeightQuantizer):
             quantizer.sync(kernel, variables)
-    from tflq.converters import per_channel_dense
+    from tflq.converters import per_channel_dense, weight_grid
     dense = per_channel_dense.layers(qat_model)
     converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -71,6 +71,7 @@ def convert(qat_model, representative_data=None) -> bytes:
     with per_channel_dense.for_conversion(dense):
         flatbuffer = converter.convert()
     flatbuffer = per_channel_dense.rewrite(flatbuffer, dense)
+    flatbuffer = weight_grid.rewrite(flatbuffer, qat_model, low_bit_activations(qat_model, flatbuffer))
     _check_integer_only(flatbuffer, qat_model.name)
     bad = [l for l in low_bit_layers(qat_model, flatbuffer) if not l.ok]
     if bad:
@@ -79,7 +80,74 @@ def convert(qat_model, representative_data=None) -> bytes:
                 "no int8 tensor in the flatbuffer equals its quantized weights" if not l.exact else
                 f"{l.max_levels_seen} distinct int8 values in a channel > {l.num_levels} levels")
             for l in bad))
+    bad = [a for a in low_bit_activations(qat_model, flatbuffer) if not a.ok]
+    if bad:
+        raise TflqError("low-bit activations did not survive conversion exactly: " + "; ".join(
+            f"layer {a.layer!r} ({a.quantizer}): {a.problem}" for a in bad))
     return flatbuffer
+
+
+@dataclasses.dataclass(frozen=True)
+class LowBitActivation:
+    """How one layer's low-bit output came out in the flatbuffer: the op's output
+    tensor, and why its codes can only be the quantizer's (or ``problem``)."""
+
+    layer: str
+    quantizer: str
+    num_levels: int
+    tensor: int               # index of the op's output tensor (-1: not found)
+    codes: tuple              # (lowest, highest) int8 code the op can write
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def low_bit_activations(qat_model, flatbuffer: bytes) -> list[LowBitActivation]:
+    """Finds the op that produces each low-bit activation and checks, from the
+    flatbuffer alone, that it can write only the quantizer's codes: the output's
+    zero point and scale are the quantizer's and the op's fused activation clamps
+    below (RELU at the zero point, RELU_N1_TO_1 at -1 and 1), int8 saturation above
+    (``tflq.quantizers.activations``)."""
+    import re
+    from tflq.converters import flatbuffer as fb
+    from tflq.qat import quantized_activations
+    from tflq import layers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    _, qat_model = layers.features_of(qat_model)
+    model = fb.load(flatbuffer)
+    graph = model.subgraphs[0]
+    fused_names = {v: k for k, v in vars(schema.ActivationFunctionType).items()
+                   if not k.startswith("_")}
+    found = []
+    for wrapper, quantizer, variables in quantized_activations(qat_model):
+        aq = quantizer.activation_quantizer
+        step = float(variables["max_var"].numpy() - variables["min_var"].numpy()) / 255.0
+        pattern = re.compile(rf"(^|[/;]){re.escape(wrapper.name)}/")
+        ops = [op for op in graph.operators if fb.op_name(model, op) in fb.LAYER_OPS
+               and op.outputs is not None and len(op.outputs) == 1
+               and pattern.search(fb.tensor(model, op.outputs[0]).name)]
+        problem, index = "", -1
+        if len(ops) != 1:
+            problem = (f"{len(ops)} ops of the flatbuffer name it as their output; expected one "
+                       "FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D")
+        else:
+            index = int(ops[0].outputs[0])
+            t = fb.tensor(model, index)
+            fused = fused_names.get(getattr(ops[0].builtinOptions, "fusedActivationFunction", 0))
+            zp = int(t.zero_point[0]) if len(t.zero_point) == 1 else None
+            scale = float(t.scale[0]) if len(t.scale) == 1 else None
+            if fused != aq.fused:
+                problem = f"its op's fused activation is {fused}, not {aq.fused}"
+            elif zp != aq.zero_point:
+                problem = f"its tensor's zero point is {zp}, not {aq.zero_point}"
+            elif scale is None or abs(scale - step) > 1e-5 * step:
+                problem = f"its tensor's scale is {scale}, not the quantizer's step {step:.6g}"
+        found.append(LowBitActivation(wrapper.layer.name, aq.alias, aq.num_levels, index,
+                                      aq.codes, problem))
+    return found
 
 
 def io_quantization(flatbuffer: bytes) -> tuple[QuantParams, QuantParams]:

@@ -83,6 +83,21 @@ def test_convert_data_free(trained_dir, tmp_path):
     assert "Traceback" not in bad.stderr and not os.path.exists(tmp_path / "bad.tflite")
 
 
+def test_convert_with_low_bit_activations(trained_dir, tmp_path):
+    out = tmp_path / "w1a2.tflite"
+    result = tflq("convert", f"--keras_model={trained_dir / 'float.h5'}", "--dataset=digits",
+                  "--scheme=binary", "--activations=pact2", f"--output={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes()[4:8] == b"TFL3"
+    for args, says in ((["--scheme=pow2_net4"], "power-of-two activations cannot be exact"),
+                       (["--activations=pow2"], "power-of-two activations cannot be exact"),
+                       (["--activations=pact9"], "1 to 7 bits")):
+        bad = tflq("convert", f"--keras_model={trained_dir / 'float.h5'}", "--dataset=digits",
+                   *args, f"--output={tmp_path / 'bad.tflite'}")
+        assert bad.returncode != 0 and says in bad.stderr, bad.stderr[-2000:]
+        assert "Traceback" not in bad.stderr and not os.path.exists(tmp_path / "bad.tflite")
+
+
 def test_convert_names_a_missing_model_file(tmp_path):
     result = tflq("convert", f"--keras_model={tmp_path}/nope.h5", f"--output={tmp_path}/m.tflite")
     assert result.returncode != 0 and "nope.h5: no such file" in result.stderr

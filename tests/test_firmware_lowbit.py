@@ -35,3 +35,33 @@ def test_low_bit_firmware_is_bit_exact(scheme, trained_conv_bn, digits, tmp_path
     assert np.array_equal(run.outputs, host)
     reference = pipeline.tflite_predict(flatbuffer, x).astype(np.int64).reshape(len(x), -1)
     assert np.abs(run.outputs - reference).max() <= 1
+
+
+@pytest.mark.parametrize("scheme", ["binary_net", Scheme(weights="ternary", activations="pact2"),
+                                    "fixed_net4"], ids=["w1a1", "w2a2", "w4a4"])
+def test_low_bit_activation_firmware_is_bit_exact(scheme, trained_conv_bn, digits, tmp_path):
+    """W1A1 / W2A2 / W4A4 nets on the device: the firmware equals the host reference on
+    32 inputs, and each low-bit activation tensor of the device's model holds only its
+    2^k codes on the host reference."""
+    from tflq.converters import flatbuffer as fb
+    from tflq.converters.tflite import low_bit_activations
+
+    (x_train, y_train), (x_test, _) = digits
+    qat = tflq.quantize_model(trained_conv_bn, scheme, calibration_data=x_train)
+    models.compile_for_classification(qat, learning_rate=1e-3)
+    qat.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
+    flatbuffer = tflq.convert(qat)
+    found = low_bit_activations(qat, flatbuffer)
+    assert [a.layer for a in found] == ["conv1", "conv2"] and all(a.ok for a in found)
+
+    inputs = tflq.io_quantization(flatbuffer)[0].quantize(x_test[:32])
+    name = scheme if isinstance(scheme, str) else "w2a2"
+    project = micro_project.generate_project(flatbuffer, tmp_path / name, test_inputs=inputs)
+    assert any(p.encoding for p in project.packing), project.packing_lines  # conv2 packed
+    run = build_and_run(project)
+    assert run.exit_code == 0, run.tail()
+    firmware_run.check_bit_exact(run, inputs)
+    assert np.array_equal(run.outputs, tflm_host.predict(flatbuffer, inputs))
+    for a in found:
+        codes = np.unique(tflm_host.predict(fb.cut_at(flatbuffer, a.tensor), inputs))
+        assert a.codes[0] <= codes.min() and codes.max() <= a.codes[1], (a, codes)

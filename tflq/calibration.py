@@ -10,7 +10,9 @@ Calibration runs the data through the QAT model once in training mode, with
 every range reset to [0, 0] and tfmot's moving-average op swapped for its
 all-values op (a running min/max), so each range becomes exactly the range of
 the tensor it quantizes over the whole calibration set -- computed by tfmot's own
-ops on the quantized network, as in the model that converts. Layers whose
+ops on the quantized network, as in the model that converts. Low-bit activations
+(``tflq.quantizers.activations``) first get the clip with the least squared error
+on their inputs, one layer after another. Layers whose
 training mode is random or stateful (Dropout, BatchNormalization) run in
 inference mode for the pass.
 """
@@ -39,11 +41,42 @@ def calibrate(qat_model: keras.Model, data, batch_size: int = 256) -> None:
                             f"{qat_model.name!r} takes {want} (batch {k})")
         if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(batch, tf.float32)))):
             raise TflqError(f"calibration_data holds NaN or Inf (batch {k} of {batch_size})")
+    with _running_min_max(), _inference_behaviour(qat_model):
+        _pass(qat_model, batches)
+        if _fit_activation_clips(qat_model, batches):
+            _pass(qat_model, batches)  # the 8-bit ranges after the low-bit outputs
+
+
+def _pass(qat_model, batches) -> None:
     for var in _range_variables(qat_model):
         var.assign(tf.zeros_like(var))
-    with _running_min_max(), _inference_behaviour(qat_model):
-        for batch in batches:
-            qat_model(batch, training=True)
+    for batch in batches:
+        qat_model(batch, training=True)
+
+
+def _fit_activation_clips(qat_model, batches) -> bool:
+    """Sets each calibrated low-bit activation's clip α to the least-squares clip of
+    its inputs, in layer order, each given the quantized outputs of the layers before
+    it. Returns whether there was any."""
+    from tflq.qat import LowBitActivationQuantizer, quantized_activations
+
+    fitted = False
+    for _, quantizer, variables in quantized_activations(qat_model):
+        if not quantizer.activation_quantizer.calibrated:
+            continue
+        seen = {}
+        LowBitActivationQuantizer.observe = seen
+        try:
+            for batch in batches:
+                qat_model(batch, training=True)
+        finally:
+            LowBitActivationQuantizer.observe = None
+        clip = quantizer.activation_quantizer.fit_clip(
+            np.concatenate([x.ravel() for x in seen[variables["clip"].name]]))
+        if clip is not None:
+            variables["clip"].assign(clip)
+            fitted = True
+    return fitted
 
 
 def _batches(data, batch_size):

@@ -41,7 +41,8 @@ import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_configs, default_8bit_quantize_layout_transform,
-    default_8bit_quantize_registry, default_8bit_quantize_scheme)
+    default_8bit_quantize_registry, default_8bit_quantize_scheme, default_8bit_quantizers)
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
     model_transformer, transforms)
 
@@ -91,6 +92,9 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None,
     if input_range is not None and not data_free:
         raise TflqError("input_range is for data_free=True; calibration_data gives the "
                         "input range otherwise")
+    if data_free and _low_bit_outputs(scheme):
+        raise TflqError("data_free=True cannot set low-bit activation clips: they need data "
+                        "(give calibration_data instead)")
     head, body = layers.split_features(model)
     if head is not None and (data_free or equalize):
         raise TflqError(f"{'data_free' if data_free else 'equalize'}=True does not support "
@@ -108,13 +112,16 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None,
         folded = copy
         dfq.equalize(folded, statistics)
     configs = schemes.layer_quantizers(scheme, folded)
+    outputs = schemes.activation_quantizers(scheme, folded)
 
     def annotate(layer):
-        if layer.name not in configs:
+        if layer.name not in configs and layer.name not in outputs:
             return tfmot.quantization.keras.quantize_annotate_layer(layer)
         attr = "depthwise_kernel" if isinstance(layer, keras.layers.DepthwiseConv2D) else "kernel"
-        return tfmot.quantization.keras.quantize_annotate_layer(
-            layer, LowBitQuantizeConfig(configs[layer.name], attr, scheme.incremental))
+        return tfmot.quantization.keras.quantize_annotate_layer(layer, LowBitQuantizeConfig(
+            configs.get(layer.name), attr, scheme.incremental,
+            activation_quantizer=outputs.get(layer.name),
+            int8_conv=not isinstance(layer, keras.layers.Dense)))
 
     annotated = keras.models.clone_model(folded, clone_function=lambda l: annotate(
         l.__class__.from_config(l.get_config())))
@@ -126,6 +133,12 @@ def quantize_model(model: keras.Model, scheme="int8", calibration_data=None,
         dfq.calibrate(qat_model, folded, statistics, input_range)
     _calibrate(qat_model, calibration_data, post_training, folded)
     return qat_model
+
+
+def _low_bit_outputs(scheme) -> bool:
+    from tflq.quantizers import activations
+    return (scheme.activations != activations.INT8 or callable(scheme.activation_overrides)
+            or any(v != activations.INT8 for v in scheme.activation_overrides.values()))
 
 
 def _calibrate(qat_model, calibration_data, post_training: bool, float_model) -> None:
@@ -144,7 +157,8 @@ def quantize_scope():
     """Context in which a saved tflq QAT model loads back (``keras.models.load_model``)."""
     with tfmot.quantization.keras.quantize_scope(
             {"LowBitQuantizeConfig": LowBitQuantizeConfig,
-             "LowBitWeightQuantizer": LowBitWeightQuantizer}):
+             "LowBitWeightQuantizer": LowBitWeightQuantizer,
+             "LowBitActivationQuantizer": LowBitActivationQuantizer}):
         yield
 
 
@@ -385,30 +399,116 @@ class LowBitWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return not self.__eq__(other)
 
 
-class LowBitQuantizeConfig(default_8bit_quantize_registry.Default8BitQuantizeConfig):
-    """tfmot's 8-bit config (int8 activations, fused activation) with low-bit weights.
+class LowBitActivationQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """tfmot Quantizer around a ``tflq.quantizers.activations.ActivationQuantizer``.
 
-    ``quantize_activation=False``: weights only, for a layer whose output a following
-    ReLU layer quantizes (see ``_LayoutTransform``)."""
+    Keeps the clip α (trained for PACT, set by calibration) and the 8-bit
+    fake-quant range derived from it. Training steps derive the range from α (so
+    α gets the fake-quant's gradient) and store it; inference and the converter use
+    the stored range, as tfmot's own quantizers do.
+
+    While ``observe`` holds a dict (``tflq.calibration``), an eager call also records
+    its inputs there under the clip variable's name.
+    """
+
+    observe = None
+
+    def __init__(self, activation_quantizer):
+        from tflq.quantizers import activations
+        self.activation_quantizer = activations.get(activation_quantizer)
+
+    def build(self, tensor_shape, name, layer):
+        aq = self.activation_quantizer
+        low, high = aq.fake_range(aq.clip)
+        const = keras.initializers.Constant
+        # A trainable clip joins the wrapper's trainable weights after the layer's own,
+        # whether the layer was built before the wrapper (quantize_apply) or by it (a
+        # model loading back): an .h5 file restores weights by that order.
+        inner = getattr(layer, "layer", None)
+        for weight in (inner.trainable_weights if inner is not None else ()):
+            if all(weight is not w for w in layer._trainable_weights):
+                layer._trainable_weights.append(weight)
+        return {"clip": layer.add_weight(f"{name}_clip", shape=(), initializer=const(aq.clip),
+                                         trainable=aq.learn_clip),
+                "min_var": layer.add_weight(f"{name}_min", shape=(), initializer=const(low),
+                                            trainable=False),
+                "max_var": layer.add_weight(f"{name}_max", shape=(), initializer=const(high),
+                                            trainable=False)}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        aq = self.activation_quantizer
+        if self.observe is not None and tf.executing_eagerly():
+            self.observe.setdefault(weights["clip"].name, []).append(np.asarray(inputs))
+        if not training:
+            return aq(inputs, weights["min_var"], weights["max_var"])
+        # The clip stays positive whatever the optimizer does (a tenth of its start).
+        clip = tf.maximum(weights["clip"], 0.1 * aq.clip)
+        low, high = aq.fake_range(clip)
+        with tf.control_dependencies([weights["min_var"].assign(low),
+                                      weights["max_var"].assign(high)]):
+            return aq(inputs, low, high)
+
+    def get_config(self):
+        aq = self.activation_quantizer
+        return {"activation_quantizer": {"class_name": type(aq).__name__,
+                                         "config": aq.get_config()}}
+
+    def __eq__(self, other):
+        return isinstance(other, LowBitActivationQuantizer) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
+class LowBitQuantizeConfig(default_8bit_quantize_registry.Default8BitQuantizeConfig):
+    """tfmot's 8-bit config (int8 activations, fused activation) with low-bit weights,
+    a low-bit output, or both.
+
+    ``weight_quantizer=None``: tfmot's int8 weights (per channel for Conv2D and
+    DepthwiseConv2D, ``int8_conv``; per tensor for Dense). ``activation_quantizer``:
+    a ``tflq.quantizers.activations`` quantizer for the layer's output instead of
+    tfmot's 8-bit one. ``quantize_activation=False``: weights only, for a layer whose
+    output a following ReLU layer quantizes (see ``_LayoutTransform``)."""
 
     def __init__(self, weight_quantizer, weight_attr: str = "kernel", incremental: bool = False,
-                 quantize_activation: bool = True):
+                 quantize_activation: bool = True, activation_quantizer=None,
+                 int8_conv: bool = False):
         super().__init__([weight_attr], ["activation"] if quantize_activation else [], False)
-        if not isinstance(weight_quantizer, LowBitWeightQuantizer):
+        self.int8_conv = bool(int8_conv)
+        if weight_quantizer is None:
+            if self.int8_conv:
+                self.weight_quantizer = default_8bit_quantizers.Default8BitConvWeightsQuantizer()
+        elif not isinstance(weight_quantizer, LowBitWeightQuantizer):
             weight_quantizer = LowBitWeightQuantizer(
                 weight_quantizer, depthwise=weight_attr == "depthwise_kernel",
                 incremental=incremental)
-        self.weight_quantizer = weight_quantizer
+        if weight_quantizer is not None:
+            self.weight_quantizer = weight_quantizer
+        self.low_bit_weights = weight_quantizer is not None
+        if activation_quantizer is not None and not isinstance(activation_quantizer,
+                                                               LowBitActivationQuantizer):
+            activation_quantizer = LowBitActivationQuantizer(activation_quantizer)
+        if activation_quantizer is not None:
+            self.activation_quantizer = activation_quantizer
+        self.low_bit_activation = activation_quantizer is not None
 
     def get_config(self):
-        return {"weight_quantizer": self.weight_quantizer.get_config(),
+        return {"weight_quantizer": (self.weight_quantizer.get_config() if self.low_bit_weights
+                                     else None),
                 "weight_attr": self.weight_attrs[0],
-                "quantize_activation": bool(self.activation_attrs)}
+                "quantize_activation": bool(self.activation_attrs),
+                "activation_quantizer": (self.activation_quantizer.get_config()
+                                         if self.low_bit_activation else None),
+                "int8_conv": self.int8_conv}
 
     @classmethod
     def from_config(cls, config):
-        return cls(LowBitWeightQuantizer(**config["weight_quantizer"]), config["weight_attr"],
-                   quantize_activation=config.get("quantize_activation", True))
+        weights, outputs = config["weight_quantizer"], config.get("activation_quantizer")
+        return cls(LowBitWeightQuantizer(**weights) if weights else None, config["weight_attr"],
+                   quantize_activation=config.get("quantize_activation", True),
+                   activation_quantizer=(LowBitActivationQuantizer(**outputs) if outputs
+                                         else None),
+                   int8_conv=config.get("int8_conv", False))
 
 
 class _LayoutTransform(default_8bit_quantize_layout_transform.Default8BitQuantizeLayoutTransform):
@@ -446,8 +546,9 @@ def _fusable(layer) -> bool:
 
 def _weights_only(config):
     if isinstance(config, LowBitQuantizeConfig):
-        return LowBitQuantizeConfig(config.weight_quantizer, config.weight_attrs[0],
-                                    quantize_activation=False)
+        return LowBitQuantizeConfig(config.weight_quantizer if config.low_bit_weights else None,
+                                    config.weight_attrs[0], quantize_activation=False,
+                                    int8_conv=config.int8_conv)
     return type(config)(config.weight_attrs, [], False)
 
 
@@ -523,4 +624,17 @@ def quantized_kernels(qat_model):
         for weight, quantizer, variables in getattr(wrapper, "_weight_vars", ()):
             if weight.name.endswith(("/kernel:0", "/depthwise_kernel:0")):
                 found.append((wrapper, weight, quantizer, variables))
+    return found
+
+
+def quantized_activations(qat_model):
+    """``[(wrapper, LowBitActivationQuantizer, quantizer_variables)]`` for every layer of
+    a tflq QAT model whose output is low-bit, in layer order (tfmot 0.8.1 keeps them
+    in its QuantizeAwareActivation; this is the one place that reads them)."""
+    found = []
+    for wrapper in qat_model.layers:
+        act = getattr(getattr(wrapper, "layer", None), "activation", None)
+        if (isinstance(act, quantize_aware_activation.QuantizeAwareActivation)
+                and isinstance(act.quantizer, LowBitActivationQuantizer)):
+            found.append((wrapper, act.quantizer, act._post_activation_vars))
     return found

@@ -52,13 +52,13 @@ def main():
     if not is_qat(model) and _DATA_FREE.value:
         logging.info("%s is a float model: quantizing with %s, data-free",
                      flags_common.KERAS_MODEL.value, flags_common.SCHEME.value)
-        model = quantize_model(model, scheme=flags_common.SCHEME.value, data_free=True,
+        model = quantize_model(model, scheme=flags_common.scheme(), data_free=True,
                                input_range=_input_range())
     elif not is_qat(model):
         logging.info("%s is a float model: quantizing with %s, calibrating on %s",
                      flags_common.KERAS_MODEL.value, flags_common.SCHEME.value, flags_common.DATASET.value)
         (x_train, _), _ = datasets.load(flags_common.DATASET.value)
-        model = quantize_model(model, scheme=flags_common.SCHEME.value,
+        model = quantize_model(model, scheme=flags_common.scheme(),
                                calibration_data=x_train[:flags_common.CALIBRATION_SAMPLES.value],
                                post_training=_POST_TRAINING.value, equalize=_EQUALIZE.value)
     flatbuffer = convert(model)

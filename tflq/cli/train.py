@@ -23,7 +23,7 @@ def main():
     if flags_common.KERAS_MODEL.value:
         from tflq.cli.convert import load_keras_model
         model = load_keras_model(flags_common.KERAS_MODEL.value)
-    result = pipeline.run(flags_common.DATASET.value, model, scheme=flags_common.SCHEME.value,
+    result = pipeline.run(flags_common.DATASET.value, model, scheme=flags_common.scheme(),
                           epochs=_EPOCHS.value, qat_epochs=_QAT_EPOCHS.value,
                           batch_size=_BATCH_SIZE.value,
                           calibration_samples=flags_common.CALIBRATION_SAMPLES.value)
