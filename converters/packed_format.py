@@ -19,8 +19,10 @@ from tflq.errors import TflqError
 
 CUSTOM_CODE = "TFLQ_PACKED"
 OP_FC, OP_CONV, OP_DEPTHWISE = 1, 2, 3
-FMT_INT8, FMT_PLANES, FMT_LUT = 0, 1, 2
-FORMAT_NAMES = {FMT_INT8: "int8", FMT_PLANES: "bit-planes", FMT_LUT: "codebook"}
+FMT_INT8, FMT_PLANES, FMT_LUT, FMT_BITSERIAL = 0, 1, 2, 3
+FORMAT_NAMES = {FMT_INT8: "int8", FMT_PLANES: "bit-planes", FMT_LUT: "codebook",
+                FMT_BITSERIAL: "bit-serial"}
+FLAG_PER_CHANNEL, FLAG_THRESHOLDS = 0x01, 0x10  # BITSERIAL: bits 1..3 hold in_bits
 OP_NAMES = {OP_FC: "FULLY_CONNECTED", OP_CONV: "CONV_2D", OP_DEPTHWISE: "DEPTHWISE_CONV_2D"}
 HEADER = struct.Struct("<4sBBBBHH6H8B4i2I")
 assert HEADER.size == 56
@@ -67,10 +69,51 @@ class Encoding:
     format: int
     bits: int
     per_channel: bool
-    codebook: np.ndarray  # PLANES: int16 (n, 2) (v0, d); LUT: int8 (n, 2**bits)
+    codebook: np.ndarray  # PLANES, BITSERIAL: int16 (n, 2) (v0, d); LUT: int8 (n, 2**bits)
+    in_bits: int = 0      # BITSERIAL: the input's code bits (its codes are lo .. 127)
+    thresholds: bool = False  # BITSERIAL: output by thresholds instead of requantization
 
     def describe(self) -> str:
+        if self.format == FMT_BITSERIAL:
+            return (f"{self.bits}-bit bit-serial x {self.in_bits}-bit inputs"
+                    + (", thresholds" if self.thresholds else ""))
         return f"{self.bits}-bit {FORMAT_NAMES[self.format]}"
+
+
+# Instructions per MAC of each kernel on the FE310, measured on FC 128 -> 128 in QEMU
+# (docs/benchmarks/packed_kernels.md: int8 inputs; docs/benchmarks/bit_serial.md: k-bit
+# inputs, keyed by bits x in_bits, the popcounts per word pair). Between measured
+# points, linear. The packer compares them to choose a layer's kernel.
+_PER_MAC = {
+    FMT_INT8: {8: 3.93},
+    FMT_PLANES: {1: 2.58, 2: 4.01, 4: 6.85},
+    FMT_LUT: {2: 7.54, 3: 7.54, 4: 7.86},
+    FMT_BITSERIAL: {1: 1.11, 2: 2.34, 4: 3.74, 16: 15.43},
+}
+
+
+def estimated_per_mac(enc: Encoding | None) -> float:
+    """The instructions per MAC ``enc``'s kernel takes (``_PER_MAC``); None: int8 rows."""
+    if enc is None:
+        return _PER_MAC[FMT_INT8][8]
+    table = _PER_MAC[enc.format]
+    key = enc.bits * enc.in_bits if enc.format == FMT_BITSERIAL else enc.bits
+    points = sorted(table)
+    return float(np.interp(key, points, [table[p] for p in points]))
+
+
+def input_low(in_bits: int) -> int:
+    """The lowest input code of a BITSERIAL layer: its codes are lo .. 127."""
+    return 128 - (1 << in_bits)
+
+
+def bit_serial(enc: Encoding, in_bits: int, layer: "Layer") -> Encoding:
+    """``enc`` (bit-planes) as BITSERIAL for ``in_bits``-bit inputs, with output
+    thresholds where ``thresholds`` can prove them."""
+    if enc.format != FMT_PLANES or not 1 <= in_bits <= MAX_BITS:
+        raise TflqError(f"bit-serial needs bit-plane weights and 1..{MAX_BITS}-bit inputs")
+    draft = dataclasses.replace(enc, format=FMT_BITSERIAL, in_bits=in_bits)
+    return dataclasses.replace(draft, thresholds=thresholds(layer, draft) is not None)
 
 
 def _affine(values: np.ndarray) -> tuple[int, int, int]:
@@ -114,7 +157,7 @@ def choose_encoding(weights: np.ndarray) -> Encoding | str:
 
 def _codes(layer: Layer, enc: Encoding) -> np.ndarray:
     w = layer.weights.astype(np.int64)
-    if enc.format == FMT_PLANES:
+    if enc.format in (FMT_PLANES, FMT_BITSERIAL):
         book = enc.codebook if enc.per_channel else np.repeat(enc.codebook, len(w), 0)
         v0, d = book[:, :1].astype(np.int64), book[:, 1:].astype(np.int64)
         codes = (w - v0) // d
@@ -146,6 +189,27 @@ def _pack_rows(codes: np.ndarray, enc: Encoding) -> np.ndarray:
     return out.reshape(c, chunks * enc.bits)
 
 
+def _pack_words(codes: np.ndarray, bits: int) -> np.ndarray:
+    """BITSERIAL rows: per 32 inputs, ``bits`` little-endian u32 words; word j holds bit
+    j of the 32 codes, input r at bit r."""
+    c, k = codes.shape
+    groups = -(-k // 32)
+    padded = np.zeros((c, groups * 32), np.int64)
+    padded[:, :k] = codes
+    by_group = padded.reshape(c, groups, 32)
+    words = np.zeros((c, groups, bits), np.uint32)
+    for j in range(bits):
+        words[:, :, j] = (((by_group >> j) & 1) << np.arange(32)).sum(-1).astype(np.uint32)
+    return words.reshape(c, -1).astype("<u4").view(np.uint8).reshape(c, groups * bits * 4)
+
+
+def _unpack_words(rows: np.ndarray, k: int, bits: int) -> np.ndarray:
+    c = rows.shape[0]
+    words = rows.copy().view("<u4").reshape(c, -1, bits).astype(np.int64)
+    codes = sum(((words[:, :, j:j + 1] >> np.arange(32)) & 1) << j for j in range(bits))
+    return codes.reshape(c, -1)[:, :k]
+
+
 def _unpack_rows(rows: np.ndarray, k: int, fmt: int, bits: int) -> np.ndarray:
     c = rows.shape[0]
     by_chunk = rows.reshape(c, -1, bits).astype(np.int64)
@@ -157,12 +221,59 @@ def _unpack_rows(rows: np.ndarray, k: int, fmt: int, bits: int) -> np.ndarray:
     return codes.reshape(c, -1)[:, :k]
 
 
-def bias_eff(layer: Layer) -> np.ndarray:
-    """bias + input_offset * sum(w): what the kernels add to sum(x * w)."""
-    acc = layer.bias.astype(np.int64) + layer.input_offset * layer.weights.astype(np.int64).sum(1)
+def _input_shift(enc: Encoding | None) -> int:
+    """What the kernels subtract from each input: BITSERIAL works on a = x - lo."""
+    return input_low(enc.in_bits) if enc is not None and enc.format == FMT_BITSERIAL else 0
+
+
+def bias_eff(layer: Layer, enc: Encoding | None = None) -> np.ndarray:
+    """bias + (input_offset + lo) * sum(w): what the kernels add to sum((x - lo) * w)
+    (lo = 0 but for BITSERIAL)."""
+    offset = layer.input_offset + _input_shift(enc)
+    acc = layer.bias.astype(np.int64) + offset * layer.weights.astype(np.int64).sum(1)
     if np.abs(acc).max(initial=0) >= 2 ** 31:
         raise TflqError("bias + input offset x weight sum overflows int32")
     return acc.astype(np.int32)
+
+
+def thresholds(layer: Layer, enc: Encoding) -> np.ndarray | None:
+    """int32 (C, L - 1): for output code act_min + i, the least accumulator
+    (sum((x - lo) * w) + bias_eff) that requantizes and clamps to at least it; None
+    when the output has more than 4 codes or requantization could wrap.
+
+    Exact because requantization is monotone in the accumulator as long as a left
+    shift cannot overflow: the accumulator's whole range, from the weights and the
+    input codes 0 .. 2^in_bits - 1, is checked for that."""
+    codes = layer.act_max - layer.act_min + 1
+    if enc.format != FMT_BITSERIAL or not 2 <= codes <= 4 or np.any(layer.multiplier < 0):
+        return None
+    w = layer.weights.astype(np.int64)
+    top = (1 << enc.in_bits) - 1
+    base = bias_eff(layer, enc).astype(np.int64)
+    lows = base + top * np.minimum(w, 0).sum(1)
+    highs = base + top * np.maximum(w, 0).sum(1)
+    out = np.empty((layer.out_channels, codes - 1), np.int64)
+    for c in range(layer.out_channels):
+        m, shift = int(layer.multiplier[c]), int(layer.shift[c])
+        if shift > 0 and max(abs(int(lows[c])), abs(int(highs[c]))) << shift >= 2 ** 31:
+            return None
+
+        def code(acc):
+            v = int(double_rounding(np.array([acc]), m, shift)[0]) + layer.output_offset
+            return min(max(v, layer.act_min), layer.act_max)
+
+        for i in range(1, codes):
+            lo, hi = int(lows[c]), int(highs[c]) + 1  # the answer is in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if code(mid) >= layer.act_min + i:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            out[c, i - 1] = lo
+    if np.abs(out).max(initial=0) >= 2 ** 31:
+        return None
+    return out.astype(np.int32)
 
 
 def pack(layer: Layer, enc: Encoding | None = None) -> bytes:
@@ -176,10 +287,19 @@ def pack(layer: Layer, enc: Encoding | None = None) -> bytes:
     else:
         fmt, bits, flags = enc.format, enc.bits, int(enc.per_channel)
         codebook = np.ascontiguousarray(enc.codebook).astype(
-            "<i2" if fmt == FMT_PLANES else np.int8).tobytes()
-        rows = _pack_rows(_codes(layer, enc), enc)
+            np.int8 if fmt == FMT_LUT else "<i2").tobytes()
+        rows = (_pack_words(_codes(layer, enc), bits) if fmt == FMT_BITSERIAL
+                else _pack_rows(_codes(layer, enc), enc))
         row_bytes, weight_bytes = rows.shape[1], rows.tobytes()
+        if fmt == FMT_BITSERIAL:
+            flags |= enc.in_bits << 1
     codebook += bytes(-len(codebook) % 4)
+    if enc is not None and enc.thresholds:
+        table = thresholds(layer, enc)
+        if table is None:
+            raise TflqError("output thresholds cannot be proven for this layer")
+        flags |= FLAG_THRESHOLDS
+        codebook += np.asarray(table, "<i4").tobytes()
     total = HEADER.size + 12 * c + len(codebook) + len(weight_bytes)
     if max(c, k, *layer.in_hwc, *layer.out_hw, layer.depth_multiplier) >= 1 << 16:
         raise TflqError(f"layer of {c} channels x depth {k} is too large to pack (u16 fields)")
@@ -188,7 +308,7 @@ def pack(layer: Layer, enc: Encoding | None = None) -> bytes:
                          *layer.dilation, *layer.pad, layer.input_offset,
                          layer.output_offset, layer.act_min, layer.act_max, row_bytes, total)
     per_channel = b"".join(np.asarray(a, "<i4").tobytes() for a in (
-        bias_eff(layer), layer.multiplier, layer.shift))
+        bias_eff(layer, enc), layer.multiplier, layer.shift))
     return header + per_channel + codebook + weight_bytes
 
 
@@ -208,21 +328,27 @@ def unpack(blob: bytes) -> tuple[Layer, Encoding | None]:
         w = raw.reshape(k, c).T if op == OP_DEPTHWISE else raw.reshape(c, k)
     else:
         n = c if flags & 1 else 1
-        if fmt == FMT_PLANES:
-            book = np.frombuffer(blob, "<i2", 2 * n, pos).reshape(n, 2).astype(np.int16)
-        else:
+        if fmt == FMT_LUT:
             book = np.frombuffer(blob, np.int8, n << bits, pos).reshape(n, 1 << bits)
-        enc = Encoding(fmt, bits, bool(flags & 1), book)
+        else:
+            book = np.frombuffer(blob, "<i2", 2 * n, pos).reshape(n, 2).astype(np.int16)
+        enc = Encoding(fmt, bits, bool(flags & 1), book,
+                       (flags >> 1) & 7 if fmt == FMT_BITSERIAL else 0,
+                       bool(flags & FLAG_THRESHOLDS))
         rows = np.frombuffer(blob, np.uint8, c * row_bytes, len(blob) - c * row_bytes)
-        codes = _unpack_rows(rows.reshape(c, row_bytes), k, fmt, bits)
-        if fmt == FMT_PLANES:
+        if fmt == FMT_BITSERIAL:
+            codes = _unpack_words(rows.reshape(c, row_bytes), k, bits)
+        else:
+            codes = _unpack_rows(rows.reshape(c, row_bytes), k, fmt, bits)
+        if fmt in (FMT_PLANES, FMT_BITSERIAL):
             full = book if flags & 1 else np.repeat(book, c, 0)
             w = full[:, :1].astype(np.int64) + full[:, 1:].astype(np.int64) * codes
         else:
             full = book if flags & 1 else np.repeat(book, c, 0)
             w = np.take_along_axis(full.astype(np.int64), codes, 1)
     w = np.asarray(w).astype(np.int8)
-    bias = (arrays[0].astype(np.int64) - in_off * w.astype(np.int64).sum(1)).astype(np.int32)
+    offset = in_off + _input_shift(enc)
+    bias = (arrays[0].astype(np.int64) - offset * w.astype(np.int64).sum(1)).astype(np.int32)
     layer = Layer(op, w, bias, arrays[1].copy(), arrays[2].copy(), in_off, out_off, amin, amax,
                   (ih, iw, ic), (oh, ow), (kh, kw), (sh, sw), (dh, dw), (pt, pl), dm)
     return layer, enc
@@ -272,6 +398,8 @@ def scratch_bytes(layer: Layer, enc: Encoding | None) -> int:
     block. Must equal the C function (tests/test_kernels.py checks)."""
     padded = -(-layer.depth // 8) * 8
     total = padded if layer.op == OP_CONV else 0
+    if enc is not None and enc.format == FMT_BITSERIAL:  # the input's bit-planes
+        return total + 4 * enc.in_bits * -(-layer.depth // 32)
     shared = layer.op != OP_DEPTHWISE and enc is not None and (
         enc.format == FMT_PLANES or (enc.format == FMT_LUT and not enc.per_channel))
     if shared:

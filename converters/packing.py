@@ -18,9 +18,10 @@ import numpy as np
 from tflq.converters import flatbuffer as fb
 # The format's names, as the callers know them (packing.pack, packing.Layer, ...).
 from tflq.converters.packed_format import (  # noqa: F401
-    CUSTOM_CODE, FMT_INT8, FMT_LUT, FMT_PLANES, FORMAT_NAMES, HEADER, MAX_BITS, OP_CONV,
-    OP_DEPTHWISE, OP_FC, OP_NAMES, Encoding, Layer, bias_eff, choose_encoding, pack,
-    reference, scratch_bytes, unpack)
+    CUSTOM_CODE, FMT_BITSERIAL, FMT_INT8, FMT_LUT, FMT_PLANES, FORMAT_NAMES, HEADER, MAX_BITS,
+    OP_CONV, OP_DEPTHWISE, OP_FC, OP_NAMES, Encoding, Layer, bias_eff, bit_serial,
+    choose_encoding, estimated_per_mac, input_low, pack, reference, scratch_bytes, thresholds,
+    unpack)
 from tflq.converters.requantize import quantize_multiplier
 from tflq.errors import TflqError
 
@@ -130,13 +131,49 @@ class PackedOp:
     reason: str  # why it stays int8 ("" when packed)
     int8_bytes: int  # weights + bias in the int8 model
     packed_bytes: int  # the blob (0 when not packed)
+    per_mac: float = 0.0  # the kernel's estimated instructions per MAC (packed_format._PER_MAC)
 
 
 def packing_lines(packed_ops) -> list[str]:
     """One line per FC / CONV_2D / DEPTHWISE_CONV_2D: packed how, or why it stays int8."""
     return [f"{p.op} {p.output!r}: " + (
-        f"packed as {p.encoding}, {p.int8_bytes} -> {p.packed_bytes} bytes" if p.encoding
+        f"packed as {p.encoding}, {p.int8_bytes} -> {p.packed_bytes} bytes, "
+        f"~{p.per_mac:.2f} instructions/MAC" if p.encoding
         else f"stays int8 ({p.reason})") for p in packed_ops]
+
+
+_SAME_CODES = ("MAX_POOL_2D", "RESHAPE", "SQUEEZE", "PAD", "AVERAGE_POOL_2D")
+
+
+def input_code_bits(model) -> dict:
+    """``{tensor index: k}`` for the int8 tensors that can only hold the 2^k codes
+    128 - 2^k .. 127 (k <= 4): outputs of FC / CONV_2D / DEPTHWISE_CONV_2D whose
+    activation range is exactly that (a low-bit activation,
+    ``tflq.quantizers.activations``), and what pooling, padding and reshapes make of
+    them with the same quantization."""
+    sg = model.subgraphs[0]
+    found = {}
+    for op in sg.operators:
+        name = fb.op_name(model, op)
+        if op.outputs is None or len(op.outputs) != 1 or op.inputs is None or not len(op.inputs):
+            continue
+        y = fb.tensor(model, op.outputs[0])
+        if name in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"):
+            if sg.tensors[op.outputs[0]].type != fb.schema.TensorType.INT8 or not y.scale.size:
+                continue
+            zp = int(y.zero_point[0]) if y.zero_point.size else 0
+            low, high = _activation_range(op.builtinOptions.fusedActivationFunction,
+                                          float(y.scale[0]), zp)
+            span = high - low + 1
+            if high == 127 and span & (span - 1) == 0 and 2 <= span <= 1 << MAX_BITS:
+                found[int(op.outputs[0])] = span.bit_length() - 1
+        elif name in _SAME_CODES and op.inputs[0] in found:
+            x = fb.tensor(model, op.inputs[0])
+            same = (np.array_equal(x.scale, y.scale) and np.array_equal(x.zero_point, y.zero_point))
+            zp = int(x.zero_point[0]) if x.zero_point.size else 0
+            if same and input_low(found[op.inputs[0]]) <= zp <= 127:
+                found[int(op.outputs[0])] = found[op.inputs[0]]
+    return found
 
 
 def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
@@ -146,12 +183,16 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
     weights take <= 4 bits (``choose_encoding``) and whose blob is smaller than its int8
     weights and bias (not so for tiny layers, where the 56-byte header and 12 bytes of
     requantization per channel dominate). Other layers stay builtin int8, as do all
-    other operators.
+    other operators. An FC / CONV_2D with bit-plane weights whose input holds low-bit
+    codes (``input_code_bits``) gets the bit-serial kernel (AND and popcount, 32 inputs
+    per word) where its measured instructions per MAC (``estimated_per_mac``) beat the
+    bit-plane kernel's: up to 4 popcounts per word pair (W1A1 .. W2A2, W4A1), not W4A4.
     """
     model = fb.load(bytes(flatbuffer))
     if len(model.subgraphs) != 1:
         raise TflqError(f"model has {len(model.subgraphs)} subgraphs: packing handles one")
     sg = model.subgraphs[0]
+    code_bits = input_code_bits(model)
     report, custom_index = [], None
     for index, op in enumerate(sg.operators):
         name = fb.op_name(model, op)
@@ -168,6 +209,12 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
         if isinstance(enc, str):
             report.append(PackedOp(index, name, out_name, None, enc, int8_bytes, 0))
             continue
+        if (enc.format == FMT_PLANES and layer.op != OP_DEPTHWISE
+                and op.inputs[0] in code_bits and -layer.input_offset == input_low(
+                    code_bits[op.inputs[0]])):
+            serial = bit_serial(enc, code_bits[op.inputs[0]], layer)
+            if estimated_per_mac(serial) < estimated_per_mac(enc):
+                enc = serial
         blob = pack(layer, enc)
         if len(blob) >= int8_bytes:  # tiny layers: header and per-channel records dominate
             report.append(PackedOp(index, name, out_name, None,
@@ -193,7 +240,8 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
         op.inputs = [op.inputs[0], len(sg.tensors) - 1]
         op.builtinOptionsType, op.builtinOptions = 0, None
         op.customOptions = None
-        report.append(PackedOp(index, name, out_name, enc.describe(), "", int8_bytes, len(blob)))
+        report.append(PackedOp(index, name, out_name, enc.describe(), "", int8_bytes, len(blob),
+                               estimated_per_mac(enc)))
     fb.drop_unused(model)
     return fb.dump(model), report
 

@@ -5,13 +5,14 @@ dilations, paddings and zero points; the packing format round-trips; corrupt blo
 refused with a message.
 """
 import struct
+import zlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tflq.converters import kernels, packing, toolchain
+from tflq.converters import kernels, packed_format, packing, toolchain
 from tflq.converters.requantize import double_rounding
 from tflq.errors import TflqError
 
@@ -118,6 +119,69 @@ def test_c_kernels_equal_tflm_reference_arithmetic(host, op, name):
                                       err_msg=f"{name} trial {trial}: {layer}")
 
 
+def bit_serial_layer(rng, op, codebook, in_bits, out_codes=None):
+    """A layer whose input holds in_bits-bit codes lo .. 127 (a low-bit activation), as a
+    BITSERIAL encoding; out_codes: an activation range of that many codes (thresholds)."""
+    layer = random_layer(rng, op, codebook)
+    layer.input_offset = -packing.input_low(in_bits)
+    if out_codes is not None:
+        layer.act_min = int(rng.integers(-128, 129 - out_codes))
+        layer.act_max = layer.act_min + out_codes - 1
+        layer.output_offset = int(np.clip(layer.act_min + rng.integers(-3, 4), -128, 127))
+    enc = packing.choose_encoding(layer.weights)
+    if enc.format != packing.FMT_PLANES:  # a small layer missed levels: the codebook's grid
+        v0, d, bits = packed_format._affine(np.unique(codebook))
+        enc = packing.Encoding(packing.FMT_PLANES, bits, False, np.array([[v0, d]], np.int16))
+    return layer, packing.bit_serial(enc, in_bits, layer)
+
+
+def bit_serial_input(rng, layer, in_bits, batches):
+    ih, iw, ic = layer.in_hwc
+    return rng.integers(packing.input_low(in_bits), 128, (batches, ih * iw * ic)).astype(np.int8)
+
+
+@pytest.mark.parametrize("op", [packing.OP_FC, packing.OP_CONV], ids=["fc", "conv"])
+@pytest.mark.parametrize("name", ["binary", "ternary", "fixed4", "uniform3"])
+@pytest.mark.parametrize("in_bits", [1, 2, 3, 4])
+def test_bit_serial_kernels_equal_tflm_reference_arithmetic(host, op, name, in_bits):
+    rng = np.random.default_rng(zlib.crc32(repr((op, name, in_bits)).encode()))
+    used_thresholds = 0
+    for trial in range(8):
+        out_codes = [None, 2, 3, 4][trial % 4]
+        layer, enc = bit_serial_layer(rng, op, CODEBOOKS[name], in_bits, out_codes)
+        used_thresholds += enc.thresholds
+        blob = packing.pack(layer, enc)
+        back, back_enc = packing.unpack(blob)
+        np.testing.assert_array_equal(back.weights, layer.weights)
+        np.testing.assert_array_equal(back.bias, layer.bias)
+        assert (back_enc.format, back_enc.bits, back_enc.in_bits, back_enc.thresholds) == (
+            enc.format, enc.bits, in_bits, enc.thresholds)
+        np.testing.assert_array_equal(back_enc.codebook, enc.codebook)
+        x = bit_serial_input(rng, layer, in_bits, batches=int(rng.integers(1, 3)))
+        assert packing.scratch_bytes(layer, enc) == host.scratch_bytes(blob)
+        np.testing.assert_array_equal(host.eval(blob, x, out_size(layer)),
+                                      packing.reference(layer, x),
+                                      err_msg=f"{name} A{in_bits} trial {trial}: {enc.describe()}")
+    assert used_thresholds >= 4  # every small output range took the threshold path
+
+
+def test_thresholds_are_the_requantization_steps():
+    """Each threshold is the least accumulator reaching its code, within the range the
+    weights and 1-bit inputs can reach: one less stays below, unless it is the bottom."""
+    rng = np.random.default_rng(3)
+    layer, enc = bit_serial_layer(rng, packing.OP_FC, CODEBOOKS["binary"], 1, out_codes=3)
+    table = packing.thresholds(layer, enc)
+    w = layer.weights.astype(np.int64)
+    bottom = packing.bias_eff(layer, enc) + np.minimum(w, 0).sum(1)
+    for c in range(layer.out_channels):
+        m, shift = int(layer.multiplier[c]), int(layer.shift[c])
+        code = lambda acc: min(max(int(double_rounding(np.array([acc]), m, shift)[0])  # noqa: E731
+                                   + layer.output_offset, layer.act_min), layer.act_max)
+        for i, t in enumerate(table[c], start=1):
+            if code(int(t)) >= layer.act_min + i and t > bottom[c]:  # t is the step
+                assert code(int(t) - 1) < layer.act_min + i
+
+
 @pytest.mark.parametrize("name", [n for n in EXPECTED])
 def test_encoding_is_the_fewest_bits_and_round_trips(name):
     rng = np.random.default_rng(7)
@@ -195,6 +259,7 @@ def _blob(rng, name="ternary", op=packing.OP_CONV):
     (lambda b: b[:7] + bytes([1]) + b[8:], "codebook need"),  # per-channel flag: sizes differ
     (lambda b: b[:48] + struct.pack("<I", 3) + b[52:], "bytes per weight row"),
     (lambda b: b[:4] + bytes([9]) + b[5:], "unknown op"),
+    (lambda b: b[:7] + bytes([0x40]) + b[8:], "unknown flags"),
 ])
 def test_corrupt_blobs_are_refused_with_a_message(host, corrupt, message):
     blob = _blob(np.random.default_rng(5))
@@ -219,6 +284,11 @@ def test_rv32imac_in_qemu_equals_the_reference(tmp_path):
             layer = random_layer(rng, op, CODEBOOKS[name])
             enc = None if name == "int8" else packing.choose_encoding(layer.weights)
             cases.append((layer, packing.pack(layer, enc), input_for(rng, layer, 2)))
+    for op in (packing.OP_FC, packing.OP_CONV):  # bit-serial: low-bit inputs
+        for name, in_bits, out_codes in (("binary", 1, 2), ("binary", 2, None),
+                                         ("ternary", 2, 4), ("fixed4", 3, None)):
+            layer, enc = bit_serial_layer(rng, op, CODEBOOKS[name], in_bits, out_codes)
+            cases.append((layer, packing.pack(layer, enc), bit_serial_input(rng, layer, in_bits, 2)))
     source = ['#include <stdio.h>\n#include "tflq_kernels.h"\n']
     calls = []
     for i, (layer, blob, x) in enumerate(cases):

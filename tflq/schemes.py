@@ -194,7 +194,7 @@ def activation_quantizers(scheme: Scheme, model) -> dict:
                             f"the {quantizer.alias} activation quantizer needs {need}")
         after = [n.outbound_layer for n in layer._outbound_nodes]
         relus = [l for l in after if type(l).__name__ in ("ReLU", "Activation", "LeakyReLU",
-                                                           "PReLU", "ELU", "Softmax")]
+                                                           "PReLU", "ELU")]
         if relus:
             raise TflqError(
                 f"layer {layer.name!r}: its output goes through the {type(relus[0]).__name__} "

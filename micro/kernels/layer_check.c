@@ -22,6 +22,7 @@ static uint32_t u32(const uint8_t* p) {
 }
 
 static int expected_row_bytes(int format, int bits, int depth) {
+  if (format == TFLQ_FMT_BITSERIAL) return 4 * bits * ((depth + 31) / 32);
   return format == TFLQ_FMT_INT8 ? depth : bits * ((depth + 7) / 8);
 }
 
@@ -42,6 +43,16 @@ static int check_kind(const tflq_layer_t* l, char* err, size_t n) {
   } else if (l->format == TFLQ_FMT_LUT) {
     if (l->bits < 2 || l->bits > 4)
       return fail(err, n, "%s: codebook weights of %d bits (2..4 supported)", op, l->bits);
+  } else if (l->format == TFLQ_FMT_BITSERIAL) {
+    if (l->bits < 1 || l->bits > 4 || l->in_bits < 1 || l->in_bits > 4)
+      return fail(err, n, "%s: bit-serial %d-bit weights x %d-bit inputs (1..4 each)", op,
+                  l->bits, l->in_bits);
+    if (l->op == TFLQ_OP_DEPTHWISE)
+      return fail(err, n, "%s: no bit-serial kernel (FC and CONV_2D only)", op);
+    if (l->out_levels != 0 && (l->out_levels < 2 || l->out_levels > 4 ||
+                               l->out_levels != l->act_max - l->act_min + 1))
+      return fail(err, n, "%s: %d output thresholds for the activation range [%ld, %ld]", op,
+                  l->out_levels - 1, (long)l->act_min, (long)l->act_max);
   } else {
     return fail(err, n, "%s: unknown weight format %d", op, l->format);
   }
@@ -82,7 +93,8 @@ int tflq_layer_check(const tflq_layer_t* l, char* err, size_t n) {
                 op, (long)l->act_min, (long)l->act_max, (long)l->input_offset,
                 (long)l->output_offset);
   if (l->bias == NULL || l->multiplier == NULL || l->shift == NULL || l->weights == NULL ||
-      (l->format == TFLQ_FMT_PLANES && l->affine == NULL) ||
+      ((l->format == TFLQ_FMT_PLANES || l->format == TFLQ_FMT_BITSERIAL) && l->affine == NULL) ||
+      (l->out_levels != 0 && l->thresholds == NULL) ||
       (l->format == TFLQ_FMT_LUT && l->levels == NULL))
     return fail(err, n, "%s: missing bias, requantization, codebook or weights", op);
   for (int c = 0; c < (l->requant_per_channel ? l->out_channels : 1); ++c) {
@@ -97,10 +109,17 @@ int tflq_layer_check(const tflq_layer_t* l, char* err, size_t n) {
 static size_t codebook_bytes(const tflq_layer_t* l) {
   const size_t books = l->per_channel_codebook ? (size_t)l->out_channels : 1;
   size_t codebook = 0;
-  if (l->format == TFLQ_FMT_PLANES) codebook = 4 * books;
+  if (l->format == TFLQ_FMT_PLANES || l->format == TFLQ_FMT_BITSERIAL) codebook = 4 * books;
   if (l->format == TFLQ_FMT_LUT && l->bits >= 1 && l->bits <= 4)
     codebook = ((size_t)1 << l->bits) * books;
   return (codebook + 3) & ~(size_t)3;
+}
+
+/* Bytes of the output thresholds (0 without them, or for an activation range they
+ * cannot describe: the check refuses those). */
+static size_t threshold_bytes(const tflq_layer_t* l) {
+  if (l->out_levels < 2 || l->out_levels > 4) return 0;
+  return 4 * (size_t)l->out_channels * (size_t)(l->out_levels - 1);
 }
 
 void tflq_layer_decode(const uint8_t* b, tflq_layer_t* l) {
@@ -108,6 +127,7 @@ void tflq_layer_decode(const uint8_t* b, tflq_layer_t* l) {
   l->format = b[5];
   l->bits = b[6];
   l->per_channel_codebook = b[7] & 1;
+  l->in_bits = l->format == TFLQ_FMT_BITSERIAL ? (b[7] >> 1) & 7 : 0;
   l->out_channels = (int)u16(b + 8);
   l->depth = (int)u16(b + 10);
   l->in_h = (int)u16(b + 12);
@@ -136,9 +156,18 @@ void tflq_layer_decode(const uint8_t* b, tflq_layer_t* l) {
   l->shift = (const int32_t*)(p + 8 * channels);
   l->requant_per_channel = 1;
   p += 12 * channels;
-  l->affine = l->format == TFLQ_FMT_PLANES ? (const int16_t*)p : NULL;
+  l->affine = l->format == TFLQ_FMT_PLANES || l->format == TFLQ_FMT_BITSERIAL
+                  ? (const int16_t*)p : NULL;
   l->levels = l->format == TFLQ_FMT_LUT ? (const int8_t*)p : NULL;
-  l->weights = p + codebook_bytes(l);
+  p += codebook_bytes(l);
+  l->out_levels = 0;
+  l->thresholds = NULL;
+  if (l->format == TFLQ_FMT_BITSERIAL && (b[7] & 0x10)) {
+    l->out_levels = (int)(l->act_max - l->act_min) + 1;
+    l->thresholds = (const int32_t*)p;
+    p += threshold_bytes(l);
+  }
+  l->weights = p;
 }
 
 int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err, size_t n) {
@@ -161,7 +190,7 @@ int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err
                 "weights of depth %d", l->row_bytes,
                 expected_row_bytes(l->format, l->bits, l->depth), l->bits, l->depth);
   const size_t channels = (size_t)l->out_channels;
-  const size_t codebook = codebook_bytes(l);
+  const size_t codebook = codebook_bytes(l) + threshold_bytes(l);
   const size_t expected =
       TFLQ_HEADER_BYTES + 12 * channels + codebook + channels * (size_t)l->row_bytes;
   if (expected != length)
@@ -172,5 +201,10 @@ int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err
                 (unsigned long)codebook, (unsigned long)expected);
   if (l->format == TFLQ_FMT_INT8 && l->per_channel_codebook)
     return fail(err, n, "packed weights: int8 rows with a codebook flag");
+  if ((b[7] & ~(l->format == TFLQ_FMT_BITSERIAL ? 0x1f : 0x01)) != 0)
+    return fail(err, n, "packed weights: unknown flags 0x%02x for format %d", b[7], l->format);
+  if (l->format == TFLQ_FMT_BITSERIAL && (b[7] & 0x10) && threshold_bytes(l) == 0)
+    return fail(err, n, "packed weights: output thresholds for the activation range [%ld, %ld]",
+                (long)l->act_min, (long)l->act_max);
   return tflq_layer_check(l, err, n);
 }

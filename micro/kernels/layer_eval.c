@@ -55,6 +55,8 @@ static int uses_shared_tables(const tflq_layer_t* l) {
 size_t tflq_scratch_bytes(const tflq_layer_t* l) {
   size_t bytes = 0;
   if (l->op == TFLQ_OP_CONV) bytes += (size_t)((l->depth + 7) & ~7); /* patch */
+  if (l->format == TFLQ_FMT_BITSERIAL) /* the input's bit-planes */
+    return bytes + 4 * (size_t)l->in_bits * (size_t)((l->depth + 31) >> 5);
   if (uses_shared_tables(l)) {
     const int block = block_inputs(l);
     bytes += l->format == TFLQ_FMT_PLANES ? (size_t)block / 4 * 16 * 2
@@ -304,9 +306,114 @@ INLINE void table_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out, vo
     out[c] = finish(l, c, planes ? planes_total(l, c, sum_x, acc[c]) : acc[c]);
 }
 
+/* ---- bit-serial: low-bit inputs x low-bit weights, AND and popcount ----
+ * RV32IMAC has no popcount instruction: SWAR counts per nibble (at most 4), three
+ * words' nibbles added (at most 12), then bytes (at most 24 per three words, six
+ * words per flush: 48), and one multiply sums the four bytes. */
+
+INLINE uint32_t nibble_counts(uint32_t v) {
+  v = v - ((v >> 1) & 0x55555555u);
+  return (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+}
+
+/* Per-byte sums of nibble counts (each nibble <= 15, so each byte <= 30). */
+INLINE uint32_t byte_counts(uint32_t nibbles) {
+  return (nibbles & 0x0f0f0f0fu) + ((nibbles >> 4) & 0x0f0f0f0fu);
+}
+
+INLINE int32_t sum_bytes(uint32_t bytes) { /* each byte <= 63 */
+  return (int32_t)((bytes * 0x01010101u) >> 24);
+}
+
+/* sum over g < words of popcount(a[g] & b[g * stride]). Three words at a time go
+ * through a carry-save adder first (ones = x0 ^ x1 ^ x2, twos = majority), so they
+ * cost two SWAR counts instead of three. */
+INLINE int32_t and_popcount(const uint32_t* a, const uint32_t* b, const int stride, int words) {
+  int32_t total = 0;
+  while (words > 0) {
+    const int n = words < 6 ? words : 6;
+    uint32_t bytes = 0;
+    int g = 0;
+    for (; g + 3 <= n; g += 3) {
+      const uint32_t x0 = a[g] & b[g * stride], x1 = a[g + 1] & b[(g + 1) * stride];
+      const uint32_t x2 = a[g + 2] & b[(g + 2) * stride];
+      const uint32_t u = x0 ^ x1, ones = u ^ x2, twos = (x0 & x1) | (u & x2);
+      bytes += byte_counts(nibble_counts(ones) + (nibble_counts(twos) << 1)); /* <= 12 */
+    }
+    for (; g < n; ++g) bytes += byte_counts(nibble_counts(a[g] & b[g * stride]));
+    total += sum_bytes(bytes);
+    a += n;
+    b += n * stride;
+    words -= n;
+  }
+  return total;
+}
+
+/* The input's in_bits bit-planes: planes[i * words + g] holds bit i of a = x & (2^in_bits
+ * - 1) for inputs 32g .. 32g + 31 (input r at bit r). Returns sum(a). Four inputs at a
+ * time: bit i of each byte, masked to bits 0, 8, 16, 24, is gathered into four adjacent
+ * bits by one multiply (no partial products collide). */
+static int32_t bit_planes(const int8_t* x, int depth, int in_bits, uint32_t* planes) {
+  const int words = (depth + 31) >> 5;
+  const uint32_t mask = ((1u << in_bits) - 1) * 0x01010101u;
+  memset(planes, 0, 4 * (size_t)in_bits * (size_t)words);
+  for (int k = 0; k < depth; k += 4) {
+    uint32_t quad = 0; /* inputs k .. k + 3, little-endian */
+    memcpy(&quad, x + k, depth - k < 4 ? (size_t)(depth - k) : 4);
+    quad &= mask;
+    uint32_t* p = planes + (k >> 5);
+    for (int i = 0; i < in_bits; ++i, p += words)
+      *p |= ((((quad >> i) & 0x01010101u) * 0x10204080u) >> 28) << (k & 31);
+  }
+  int32_t sum = 0;
+  for (int i = 0; i < in_bits; ++i)
+    sum += and_popcount(planes + i * words, planes + i * words, 1, words) << i;
+  return sum;
+}
+
+INLINE void bitserial_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out,
+                             void* scratch, const int bits, const int in_bits) {
+  const int words = (l->depth + 31) >> 5;
+  uint32_t* planes = (uint32_t*)scratch;
+  const int32_t sum_a = bit_planes(x, l->depth, in_bits, planes);
+  /* Locals, not l->...: the int8 stores below may alias the layer for the compiler. */
+  const uint32_t* w = (const uint32_t*)l->weights; /* rows are whole words (checked) */
+  const int16_t* book = l->affine;
+  const int step = l->per_channel_codebook ? 2 : 0, channels = l->out_channels;
+  const int32_t* bias = l->bias;
+  const int32_t* t = l->thresholds;
+  const int n = l->out_levels - 1;
+  const int32_t low = l->act_min;
+  for (int c = 0; c < channels; ++c, w += words * bits, book += step) {
+    int32_t s = 0;
+    for (int j = 0; j < bits; ++j)
+      for (int i = 0; i < in_bits; ++i)
+        s += and_popcount(planes + i * words, w + j, bits, words) << (i + j);
+    const int32_t acc = book[0] * sum_a + book[1] * s;
+    if (t != NULL) { /* act_min + #{thresholds <= acc} (at most three) */
+      const int32_t a = acc + bias[c];
+      int32_t v = low + (a >= t[0]);
+      if (n > 1) v += a >= t[1];
+      if (n > 2) v += a >= t[2];
+      out[c] = (int8_t)v;
+      t += n;
+    } else {
+      out[c] = finish(l, c, acc);
+    }
+  }
+}
+
 static void vector_layer(const tflq_layer_t* l, const int8_t* x, int8_t* out, void* scratch) {
   if (l->format == TFLQ_FMT_INT8) {
     int8_vector(l, x, out);
+  } else if (l->format == TFLQ_FMT_BITSERIAL) {
+    switch (l->bits * 8 + l->in_bits) { /* specialised loops for the common widths */
+      case 1 * 8 + 1: bitserial_vector(l, x, out, scratch, 1, 1); break;
+      case 1 * 8 + 2: bitserial_vector(l, x, out, scratch, 1, 2); break;
+      case 2 * 8 + 2: bitserial_vector(l, x, out, scratch, 2, 2); break;
+      case 2 * 8 + 1: bitserial_vector(l, x, out, scratch, 2, 1); break;
+      default: bitserial_vector(l, x, out, scratch, l->bits, l->in_bits); break;
+    }
   } else if (!uses_shared_tables(l)) {
     slow_vector(l, x, out);
   } else {

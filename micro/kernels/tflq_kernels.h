@@ -19,6 +19,13 @@
  *                    of input x level products built once per input block and shared
  *                    by all output channels: no multiply per weight. Log /
  *                    power-of-two codebooks take this path.
+ *   TFLQ_FMT_BITSERIAL  affine codes (as PLANES) times low-bit *inputs*: the layer's
+ *                    input holds only the codes lo .. 127, lo = 128 - 2^in_bits (a
+ *                    low-bit activation, tflq.quantizers.activations), so a = x & (2^in_bits
+ *                    - 1) = x - lo. Weights: per 32 inputs, `bits` u32 words, word j =
+ *                    bit j of the 32 codes (input r at bit r). sum(a * code) is
+ *                    sum over planes of popcount(A_i & C_j) << (i + j): AND and SWAR
+ *                    popcount, 32 MACs per word pair. FC and CONV_2D only.
  *
  * Arithmetic is TFLM's reference int8 arithmetic, bit for bit: the accumulator
  * sum((x + input_offset) * w) + bias is computed as sum(x * w) + bias_eff with
@@ -35,10 +42,18 @@
  *  24  u8 kh, kw, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left
  *  32  i32 input_offset, output_offset, act_min, act_max
  *  48  u32 row_bytes, u32 total_bytes
+ *   4  u8 flags: bit 0 one codebook per channel; BITSERIAL: bits 1..3 in_bits (1..4),
+ *      bit 4 output thresholds
  *  56  i32 bias_eff[C], i32 multiplier[C], i32 shift[C]
- *      codebook: PLANES i16 (v0, d)[n]; LUT i8 levels[2^bits * n]; n = C or 1;
- *      zero-padded to 4 bytes
- *      weights: C rows of row_bytes (INT8: depth; else bits * ceil(depth / 8))
+ *      (BITSERIAL: bias_eff = bias + (input_offset + lo) * sum(w), added to sum(a * w))
+ *      codebook: PLANES and BITSERIAL i16 (v0, d)[n]; LUT i8 levels[2^bits * n];
+ *      n = C or 1; zero-padded to 4 bytes
+ *      BITSERIAL with bit 4: i32 thresholds[C * (L - 1)], L = act_max - act_min + 1
+ *      output codes (2..4): output = act_min + #{t : acc >= t} for acc = sum(a * w) +
+ *      bias_eff, which equals requantize-and-clamp because requantization is monotone
+ *      (converters/packed_format.py proves it on the acc range when it writes them)
+ *      weights: C rows of row_bytes (INT8: depth; BITSERIAL: 4 * bits * ceil(depth /
+ *      32), so rows are word-aligned; else bits * ceil(depth / 8))
  */
 #ifndef TFLQ_KERNELS_H_
 #define TFLQ_KERNELS_H_
@@ -51,7 +66,7 @@ extern "C" {
 #endif
 
 enum { TFLQ_OP_FC = 1, TFLQ_OP_CONV = 2, TFLQ_OP_DEPTHWISE = 3 };
-enum { TFLQ_FMT_INT8 = 0, TFLQ_FMT_PLANES = 1, TFLQ_FMT_LUT = 2 };
+enum { TFLQ_FMT_INT8 = 0, TFLQ_FMT_PLANES = 1, TFLQ_FMT_LUT = 2, TFLQ_FMT_BITSERIAL = 3 };
 enum { TFLQ_HEADER_BYTES = 56 };
 
 typedef struct {
@@ -65,7 +80,10 @@ typedef struct {
   const int32_t* multiplier;  /* per channel (or one: requant_per_channel 0) */
   const int32_t* shift;       /* likewise; TFLM's convention (> 0: left) */
   int requant_per_channel;    /* packed blobs: 1; per-tensor int8 FC: 0 */
-  const int16_t* affine;      /* PLANES: (v0, d) per channel or one pair */
+  const int16_t* affine;      /* PLANES, BITSERIAL: (v0, d) per channel or one pair */
+  int in_bits;                /* BITSERIAL: bits of the input codes (1..4); else 0 */
+  int out_levels;             /* BITSERIAL with thresholds: output codes (2..4); else 0 */
+  const int32_t* thresholds;  /* BITSERIAL: out_levels - 1 per channel, or NULL */
   const int8_t* levels;       /* LUT: 2^bits levels per channel or one set */
   const uint8_t* weights;     /* out_channels rows of row_bytes */
 } tflq_layer_t;
