@@ -357,9 +357,16 @@ static int32_t bit_planes(const int8_t* x, int depth, int in_bits, uint32_t* pla
   const int words = (depth + 31) >> 5;
   const uint32_t mask = ((1u << in_bits) - 1) * 0x01010101u;
   memset(planes, 0, 4 * (size_t)in_bits * (size_t)words);
+  const uint8_t* u = (const uint8_t*)x;
   for (int k = 0; k < depth; k += 4) {
-    uint32_t quad = 0; /* inputs k .. k + 3, little-endian */
-    memcpy(&quad, x + k, depth - k < 4 ? (size_t)(depth - k) : 4);
+    uint32_t quad; /* inputs k .. k + 3, little-endian; byte loads: x may be unaligned */
+    if (k + 4 <= depth) {
+      quad = (uint32_t)u[k] | ((uint32_t)u[k + 1] << 8) | ((uint32_t)u[k + 2] << 16) |
+             ((uint32_t)u[k + 3] << 24);
+    } else {
+      quad = 0;
+      for (int r = 0; k + r < depth; ++r) quad |= (uint32_t)u[k + r] << (8 * r);
+    }
     quad &= mask;
     uint32_t* p = planes + (k >> 5);
     for (int i = 0; i < in_bits; ++i, p += words)
@@ -386,9 +393,15 @@ INLINE void bitserial_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out
   const int32_t low = l->act_min;
   for (int c = 0; c < channels; ++c, w += words * bits, book += step) {
     int32_t s = 0;
-    for (int j = 0; j < bits; ++j)
-      for (int i = 0; i < in_bits; ++i)
-        s += and_popcount(planes + i * words, w + j, bits, words) << (i + j);
+    if (bits == 1 && in_bits == 1 && words <= 6) { /* one flush: the plain loop */
+      uint32_t bytes = 0;
+      for (int g = 0; g < words; ++g) bytes += byte_counts(nibble_counts(planes[g] & w[g]));
+      s = sum_bytes(bytes);
+    } else {
+      for (int j = 0; j < bits; ++j)
+        for (int i = 0; i < in_bits; ++i)
+          s += and_popcount(planes + i * words, w + j, bits, words) << (i + j);
+    }
     const int32_t acc = book[0] * sum_a + book[1] * s;
     if (t != NULL) { /* act_min + #{thresholds <= acc} (at most three) */
       const int32_t a = acc + bias[c];
