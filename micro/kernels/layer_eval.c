@@ -325,9 +325,16 @@ INLINE int32_t sum_bytes(uint32_t bytes) { /* each byte <= 63 */
   return (int32_t)((bytes * 0x01010101u) >> 24);
 }
 
-/* sum over g < words of popcount(a[g] & b[g * stride]). Three words at a time go
- * through a carry-save adder first (ones = x0 ^ x1 ^ x2, twos = majority), so they
- * cost two SWAR counts instead of three. */
+/* Per-byte popcounts of a[0..2] & b[0..2] (each <= 24): a carry-save adder first
+ * (ones = x0 ^ x1 ^ x2, twos = majority), so three words cost two SWAR counts. */
+INLINE uint32_t csa3_counts(const uint32_t* a, const uint32_t* b) {
+  const uint32_t x0 = a[0] & b[0], x1 = a[1] & b[1], x2 = a[2] & b[2];
+  const uint32_t u = x0 ^ x1, ones = u ^ x2, twos = (x0 & x1) | (u & x2);
+  return byte_counts(nibble_counts(ones) + (nibble_counts(twos) << 1)); /* nibbles <= 12 */
+}
+
+/* sum over g < words of popcount(a[g] & b[g * stride]), three words at a time through
+ * the same carry-save adder. */
 INLINE int32_t and_popcount(const uint32_t* a, const uint32_t* b, const int stride, int words) {
   int32_t total = 0;
   while (words > 0) {
@@ -338,7 +345,7 @@ INLINE int32_t and_popcount(const uint32_t* a, const uint32_t* b, const int stri
       const uint32_t x0 = a[g] & b[g * stride], x1 = a[g + 1] & b[(g + 1) * stride];
       const uint32_t x2 = a[g + 2] & b[(g + 2) * stride];
       const uint32_t u = x0 ^ x1, ones = u ^ x2, twos = (x0 & x1) | (u & x2);
-      bytes += byte_counts(nibble_counts(ones) + (nibble_counts(twos) << 1)); /* <= 12 */
+      bytes += byte_counts(nibble_counts(ones) + (nibble_counts(twos) << 1));
     }
     for (; g < n; ++g) bytes += byte_counts(nibble_counts(a[g] & b[g * stride]));
     total += sum_bytes(bytes);
@@ -393,10 +400,27 @@ INLINE void bitserial_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out
   const int32_t low = l->act_min;
   for (int c = 0; c < channels; ++c, w += words * bits, book += step) {
     int32_t s = 0;
-    if (bits == 1 && in_bits == 1 && words <= 6) { /* one flush: the plain loop */
+    if (bits == 1 && in_bits == 1 && words <= 6) { /* one flush, inline */
       uint32_t bytes = 0;
-      for (int g = 0; g < words; ++g) bytes += byte_counts(nibble_counts(planes[g] & w[g]));
+      int g = 0;
+      for (; g + 3 <= words; g += 3) bytes += csa3_counts(planes + g, w + g);
+      for (; g < words; ++g) bytes += byte_counts(nibble_counts(planes[g] & w[g]));
       s = sum_bytes(bytes);
+    } else if (words <= 6) { /* one flush per (input plane, weight plane), inline */
+      for (int j = 0; j < bits; ++j)
+        for (int i = 0; i < in_bits; ++i) {
+          const uint32_t* a = planes + i * words;
+          const uint32_t* b = w + j;
+          uint32_t bytes = 0;
+          int g = 0;
+          for (; g + 3 <= words; g += 3, a += 3, b += 3 * bits) {
+            const uint32_t x0 = a[0] & b[0], x1 = a[1] & b[bits], x2 = a[2] & b[2 * bits];
+            const uint32_t u = x0 ^ x1, ones = u ^ x2, twos = (x0 & x1) | (u & x2);
+            bytes += byte_counts(nibble_counts(ones) + (nibble_counts(twos) << 1));
+          }
+          for (; g < words; ++g, ++a, b += bits) bytes += byte_counts(nibble_counts(a[0] & b[0]));
+          s += sum_bytes(bytes) << (i + j);
+        }
     } else {
       for (int j = 0; j < bits; ++j)
         for (int i = 0; i < in_bits; ++i)
