@@ -128,6 +128,21 @@ def _override(overrides, weighted, by_name, what: str):
     return lambda layer: overrides.get(layer.name)
 
 
+def _per_layer(weighted, override, int8_names, default, get):
+    """(layer, quantizer) for each weighted layer whose spec (its override, else int8 for
+    ``int8_names``, else ``default``) is not "int8"; a bad spec names the layer."""
+    for layer in weighted:
+        spec = override(layer)
+        if spec is None:
+            spec = INT8 if layer.name in int8_names else default
+        if isinstance(spec, str) and spec == INT8:
+            continue
+        try:
+            yield layer, get(spec)
+        except TflqError as e:
+            raise TflqError(f"layer {layer.name!r}: {e}") from None
+
+
 def layer_quantizers(scheme: Scheme, model) -> dict:
     """``{layer_name: WeightQuantizer}`` for the layers that get low-bit weights.
 
@@ -142,16 +157,7 @@ def layer_quantizers(scheme: Scheme, model) -> dict:
 
     edges = {weighted[0].name, weighted[-1].name} if weighted and scheme.first_last_int8 else set()
     chosen = {}
-    for layer in weighted:
-        spec = override(layer)
-        if spec is None:
-            spec = INT8 if layer.name in edges else scheme.weights
-        if isinstance(spec, str) and spec == INT8:
-            continue
-        try:
-            quantizer = quantizers.get(spec)
-        except TflqError as e:
-            raise TflqError(f"layer {layer.name!r}: {e}") from None
+    for layer, quantizer in _per_layer(weighted, override, edges, scheme.weights, quantizers.get):
         if type(layer).__name__ == "DepthwiseConv2D" and quantizer.per_channel:
             # Depthwise weights stay per tensor, as tfmot keeps them. Dense layers are
             # per channel: converters/per_channel_dense.py puts them in the flatbuffer.
@@ -176,16 +182,8 @@ def activation_quantizers(scheme: Scheme, model) -> dict:
     override = _override(scheme.activation_overrides, weighted, by_name, "activation override")
     last = {weighted[-1].name} if weighted and scheme.first_last_int8 else set()
     chosen = {}
-    for layer in weighted:
-        spec = override(layer)
-        if spec is None:
-            spec = INT8 if layer.name in last else scheme.activations
-        if isinstance(spec, str) and spec == INT8:
-            continue
-        try:
-            quantizer = activations.get(spec)
-        except TflqError as e:
-            raise TflqError(f"layer {layer.name!r}: {e}") from None
+    for layer, quantizer in _per_layer(weighted, override, last, scheme.activations,
+                                       activations.get):
         act = getattr(layer.activation, "__name__", type(layer.activation).__name__)
         if act not in ("linear", "relu") or (quantizer.signed and act == "relu"):
             need = "a linear activation (it needs the negative level)" if quantizer.signed \

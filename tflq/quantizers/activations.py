@@ -57,11 +57,12 @@ import numpy as np
 import tensorflow as tf
 
 from tflq.errors import TflqError
+from tflq.quantizers.base import ConfigIdentity, from_config_spec
 
 INT8 = "int8"
 
 
-class ActivationQuantizer:
+class ActivationQuantizer(ConfigIdentity):
     """Base: a layer's output -> a few levels an int8 tensor holds exactly.
 
     Subclasses give ``num_levels``, the int8 ``zero_point``, ``fake_range(clip)``
@@ -148,16 +149,6 @@ class ActivationQuantizer:
     @classmethod
     def from_config(cls, config: dict):
         return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _least_error(v: np.ndarray, candidates: np.ndarray, bits: int) -> float:
@@ -312,14 +303,6 @@ def get(spec) -> ActivationQuantizer:
         raise TflqError(f"unknown activation quantizer {spec!r}{hint}: choose \"int8\" or one "
                         f"of {', '.join(ALIASES)}")
     if isinstance(spec, dict) and set(spec) == {"class_name", "config"}:
-        cls = _CLASSES.get(spec["class_name"])
-        if cls is None:
-            raise TflqError(f"unknown activation quantizer class {spec['class_name']!r}: "
-                            f"one of {', '.join(_CLASSES)}")
-        try:
-            return cls.from_config(dict(spec["config"]))
-        except TypeError as e:
-            raise TflqError(f"bad config for {spec['class_name']}: {spec['config']!r} ({e})") \
-                from None
+        return from_config_spec(spec, _CLASSES, "activation quantizer")
     raise TflqError(f"not an activation quantizer: {spec!r} (give an alias such as 'pact2', "
                     "an ActivationQuantizer, or its {'class_name': ..., 'config': ...})")

@@ -33,7 +33,33 @@ _SQRT2 = 1.4142135  # float32(√2) lies just below √2; no float32 mantissa ti
 _LN2 = 0.6931472
 
 
-class WeightQuantizer:
+class ConfigIdentity:
+    """Equality, hash and repr from ``get_config()``: two quantizers of one class with
+    the same configuration are the same quantizer (weights and activations alike)."""
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def from_config_spec(spec: dict, classes: dict, what: str):
+    """An instance from ``{"class_name": ..., "config": ...}`` of one of ``classes``."""
+    cls = classes.get(spec["class_name"])
+    if cls is None:
+        raise TflqError(f"unknown {what} class {spec['class_name']!r}: one of {', '.join(classes)}")
+    try:
+        return cls.from_config(dict(spec["config"]))
+    except TypeError as e:
+        raise TflqError(f"bad config for {spec['class_name']}: {spec['config']!r} ({e})") from None
+
+
+class WeightQuantizer(ConfigIdentity):
     """Base: maps a float kernel to quantized float levels.
 
     Subclasses set ``family`` (alias prefix), ``min_bits``/``max_bits`` and
@@ -89,16 +115,6 @@ class WeightQuantizer:
     @classmethod
     def from_config(cls, config: dict) -> "WeightQuantizer":
         return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
     # -- helpers for subclasses: statistics per output channel (last axis) or per tensor.
     def reduce(self, fn, x: tf.Tensor) -> tf.Tensor:

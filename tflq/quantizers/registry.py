@@ -6,7 +6,7 @@ import re
 from typing import Callable
 
 from tflq.errors import TflqError
-from tflq.quantizers.base import WeightQuantizer
+from tflq.quantizers.base import WeightQuantizer, from_config_spec
 
 _FACTORIES: dict[str, Callable[[], WeightQuantizer]] = {}
 _CLASSES: dict[str, type] = {}
@@ -49,15 +49,7 @@ def get(spec) -> WeightQuantizer:
         hint = f" (did you mean {' or '.join(near)}?)" if near else ""
         raise TflqError(f"unknown quantizer {spec!r}{hint}: choose one of {', '.join(ALIASES)}")
     if isinstance(spec, dict) and set(spec) == {"class_name", "config"}:
-        cls = _CLASSES.get(spec["class_name"])
-        if cls is None:
-            raise TflqError(f"unknown quantizer class {spec['class_name']!r}: "
-                            f"one of {', '.join(_CLASSES)}")
-        try:
-            return cls.from_config(dict(spec["config"]))
-        except TypeError as e:
-            raise TflqError(f"bad config for {spec['class_name']}: {spec['config']!r} ({e})") \
-                from None
+        return from_config_spec(spec, _CLASSES, "quantizer")
     raise TflqError(f"not a quantizer: {spec!r} (give an alias such as 'log3', a "
                     f"WeightQuantizer, or its {{'class_name': ..., 'config': ...}})")
 
