@@ -82,14 +82,14 @@ class Encoding:
 
 # Instructions per MAC of each kernel on the FE310, measured on FC 128 -> 128 in QEMU
 # (docs/benchmarks/packed_kernels.md: int8 inputs; docs/benchmarks/bit_serial.md: k-bit
-# inputs, keyed by bits x in_bits, the popcounts per word pair; its W4A4 point, 16.99,
-# from that benchmark before the packer chose by these numbers). Between measured
-# points, linear. The packer compares them to choose a layer's kernel.
+# inputs, keyed by bits x in_bits, the popcounts per word pair, W4A4 from its forced
+# row). Between measured points, linear. The packer compares them to choose a layer's
+# kernel.
 _PER_MAC = {
     FMT_INT8: {8: 3.93},
     FMT_PLANES: {1: 2.58, 2: 4.01, 4: 6.85},
     FMT_LUT: {2: 7.54, 3: 7.54, 4: 7.86},
-    FMT_BITSERIAL: {1: 0.99, 2: 2.15, 4: 3.68, 16: 16.99},
+    FMT_BITSERIAL: {1: 0.91, 2: 1.84, 4: 3.36, 16: 11.72},
 }
 
 
