@@ -162,8 +162,11 @@ def input_code_bits(model) -> dict:
             if sg.tensors[op.outputs[0]].type != fb.schema.TensorType.INT8 or not y.scale.size:
                 continue
             zp = int(y.zero_point[0]) if y.zero_point.size else 0
-            low, high = _activation_range(op.builtinOptions.fusedActivationFunction,
-                                          float(y.scale[0]), zp)
+            act = getattr(op.builtinOptions, "fusedActivationFunction", None)
+            try:
+                low, high = _activation_range(act, float(y.scale[0]), zp)
+            except (TflqError, ValueError, OverflowError):  # TANH, SIGN_BIT, no options,
+                continue                                       # or a scale of 0 / inf
             span = high - low + 1
             if high == 127 and span & (span - 1) == 0 and 2 <= span <= 1 << MAX_BITS:
                 found[int(op.outputs[0])] = span.bit_length() - 1
