@@ -158,3 +158,21 @@ def test_bad_activation_specs_are_refused_with_the_layer(trained, digits):
                               L.Dense(2, name="o")])
     refused(relu6, Scheme(activations="pact2"), r"layer 'd'.*ReLU layer 'r6'")
     del linear_model
+
+
+def test_calibrated_clip_follows_small_activations():
+    """A layer whose outputs are all below 0.1 gets a clip of their size, and the stored
+    range is that clip's (no floor from the initial α = 6)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([L.InputLayer((16,)), L.Dense(16, activation="relu", name="small"),
+                              L.Dense(4, name="out")])
+    kernel, bias = model.layers[0].get_weights()
+    model.layers[0].set_weights([kernel * 0.01, bias])
+    x = np.random.default_rng(0).uniform(0, 1, (256, 16)).astype(np.float32)
+    top = float(np.max(model.layers[0](x)))
+    assert 0 < top < 0.1
+    qat = tflq.quantize_model(model, Scheme(activations="pact2"), calibration_data=x)
+    ((_, _, variables),) = quantized_activations(qat)
+    clip = float(variables["clip"].numpy())
+    assert 0 < clip <= top * 1.0001
+    assert float(variables["max_var"].numpy()) == pytest.approx(clip, rel=1e-6)

@@ -441,8 +441,8 @@ class LowBitActivationQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             self.observe.setdefault(weights["clip"].name, []).append(np.asarray(inputs))
         if not training:
             return aq(inputs, weights["min_var"], weights["max_var"])
-        # The clip stays positive whatever the optimizer does (a tenth of its start).
-        clip = tf.maximum(weights["clip"], 0.1 * aq.clip)
+        # The clip stays positive whatever the optimizer does.
+        clip = tf.maximum(weights["clip"], 1e-6)
         low, high = aq.fake_range(clip)
         with tf.control_dependencies([weights["min_var"].assign(low),
                                       weights["max_var"].assign(high)]):
