@@ -254,9 +254,6 @@ class TernaryActivation(ActivationQuantizer):
     def levels(self, clip):
         return np.array([-1.0, 0.0, 1.0])
 
-    def fit_clip(self, samples):
-        return None
-
     def get_config(self):
         return {}
 
