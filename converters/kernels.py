@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tflq.converters import toolchain
+from tflq.converters import packed_format, toolchain
 from tflq.converters.micro_dir import MICRO_DIR
 from tflq.errors import TflqError
 
@@ -59,14 +59,28 @@ class HostKernels:
         return layer, buf
 
     def eval(self, blob: bytes, x: np.ndarray, out_size: int) -> np.ndarray:
-        """Runs the blob's layer on int8 ``x`` (batch, ...) -> (batch, out_size) int8."""
+        """Runs the blob's layer on ``x`` (batch, input bytes: int8 values or packed codes)
+        -> (batch, out_size bytes) as int8."""
         layer, buf = self.parse(blob)
-        x = np.ascontiguousarray(x, np.int8)
+        x = np.ascontiguousarray(x).view(np.int8)
         out = np.zeros((x.shape[0], out_size), np.int8)
         scratch = np.zeros(self._lib.tflq_scratch_bytes(layer) // 4 + 1, np.int32)
         self._lib.tflq_layer_eval(layer, x.ctypes, ctypes.c_int(x.shape[0]), out.ctypes,
                                   scratch.ctypes)
         del buf
+        return out
+
+    def run(self, blob: bytes, x: np.ndarray) -> np.ndarray:
+        """The layer on int8 values ``x`` (batch, ...) -> int8 values (batch, outputs):
+        packs the input and unpacks the output as the blob's in_packed / out_packed say."""
+        layer, _ = packed_format.unpack(blob)
+        x = np.asarray(x, np.int8).reshape(len(x), -1)
+        if layer.in_packed:
+            x = packed_format.pack_activations(x, layer.in_packed)
+        values = int(np.prod(layer.output_hw)) * layer.out_channels
+        out = self.eval(blob, x, packed_format.activation_bytes(values, layer.out_packed))
+        if layer.out_packed:
+            out = packed_format.unpack_activations(out.view(np.uint8), layer.out_packed, values)
         return out
 
     def scratch_bytes(self, blob: bytes) -> int:

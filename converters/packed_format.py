@@ -1,9 +1,11 @@
-"""The TQP1 packed-layer format that micro/kernels/ reads (C: tflq_kernels.h).
+"""The TQP2 packed-layer format that micro/kernels/ reads (C: tflq_kernels.h).
 
 ``choose_encoding`` picks a layer's encoding (bit-planes or a codebook), ``pack``
 writes its blob, ``unpack`` reads it back (round trip: the int8 weights come back
 exactly), ``reference`` runs a layer as TFLM's reference int8 kernels do (numpy), and
-``scratch_bytes`` is the RAM the C kernel asks for. No flatbuffers here: the rewrite of
+``scratch_bytes`` is the RAM the C kernel asks for. ``pack_activations`` /
+``unpack_activations`` are the packed activation tensors' layout (k-bit codes in
+the arena, ``Layer.in_packed`` / ``out_packed``). No flatbuffers here: the rewrite of
 a model into TFLQ_PACKED ops is ``converters.packing``.
 """
 from __future__ import annotations
@@ -24,8 +26,9 @@ FORMAT_NAMES = {FMT_INT8: "int8", FMT_PLANES: "bit-planes", FMT_LUT: "codebook",
                 FMT_BITSERIAL: "bit-serial"}
 FLAG_PER_CHANNEL, FLAG_THRESHOLDS = 0x01, 0x10  # BITSERIAL: bits 1..3 hold in_bits
 OP_NAMES = {OP_FC: "FULLY_CONNECTED", OP_CONV: "CONV_2D", OP_DEPTHWISE: "DEPTHWISE_CONV_2D"}
-HEADER = struct.Struct("<4sBBBBHH6H8B4i2I")
-assert HEADER.size == 56
+HEADER = struct.Struct("<4sBBBBHH6H8B4i2I8B2H")
+assert HEADER.size == 68
+MAGIC = b"TQP2"
 MAX_BITS = 4
 
 
@@ -52,6 +55,16 @@ class Layer:
     dilation: tuple = (1, 1)
     pad: tuple = (0, 0)  # top, left
     depth_multiplier: int = 1
+    in_packed: int = 0  # k: the input is stored as k-bit codes (pack_activations); 0: int8
+    out_packed: int = 0  # likewise the output (its range must be 128 - 2^k .. 127)
+    # A fused MAX_POOL_2D of the output: (kh, kw, stride_h, stride_w, pad_top, pad_left,
+    # out_h, out_w), or None.
+    pool: tuple | None = None
+
+    @property
+    def output_hw(self) -> tuple:
+        """The spatial size of what the layer stores: pooled when a pool is fused."""
+        return tuple(self.pool[6:]) if self.pool else tuple(self.out_hw)
 
     @property
     def out_channels(self) -> int:
@@ -106,6 +119,43 @@ def estimated_per_mac(enc: Encoding | None) -> float:
 def input_low(in_bits: int) -> int:
     """The lowest input code of a BITSERIAL layer: its codes are lo .. 127."""
     return 128 - (1 << in_bits)
+
+
+def store_bits(k: int) -> int:
+    """Bits per code of a packed activation tensor of k-bit codes (3 is stored in 4,
+    so no code straddles a byte); 0: int8."""
+    return 4 if k == 3 else k
+
+
+def activation_bytes(values: int, k: int) -> int:
+    """Bytes of one batch of ``values`` activations packed at k bits (0: int8); the C
+    tflq_tensor_bytes."""
+    return values if k == 0 else -(-values * store_bits(k) // 8)
+
+
+def pack_activations(x: np.ndarray, k: int) -> np.ndarray:
+    """int8 activations (batch, ...) holding only the codes 128 - 2^k .. 127 as packed
+    bytes (batch, activation_bytes): code x - (128 - 2^k) of store_bits(k) bits, LSB
+    first, element e at bit e * s."""
+    x = np.asarray(x, np.int64).reshape(len(x), -1)
+    codes = x - input_low(k)
+    if codes.min(initial=0) < 0 or codes.max(initial=0) >= 1 << k:
+        raise TflqError(f"activations outside the {k}-bit codes {input_low(k)} .. 127")
+    s = store_bits(k)
+    per = 8 // s
+    n = x.shape[1]
+    padded = np.zeros((len(x), -(-n // per) * per), np.int64)
+    padded[:, :n] = codes
+    return (padded.reshape(len(x), -1, per) << (np.arange(per) * s)).sum(-1).astype(np.uint8)
+
+
+def unpack_activations(packed: np.ndarray, k: int, values: int) -> np.ndarray:
+    """The int8 activations (batch, values) of packed bytes (pack_activations)."""
+    packed = np.asarray(packed, np.uint8).reshape(len(packed), -1).astype(np.int64)
+    s = store_bits(k)
+    per = 8 // s
+    codes = (packed[:, :, None] >> (np.arange(per) * s)) & ((1 << s) - 1)
+    return (codes.reshape(len(packed), -1)[:, :values] + input_low(k)).astype(np.int8)
 
 
 def bit_serial(enc: Encoding, in_bits: int, layer: "Layer") -> Encoding:
@@ -278,7 +328,7 @@ def thresholds(layer: Layer, enc: Encoding) -> np.ndarray | None:
 
 
 def pack(layer: Layer, enc: Encoding | None = None) -> bytes:
-    """The TQP1 blob of ``layer`` (``enc`` None: int8 rows, for tests of the int8 path)."""
+    """The TQP2 blob of ``layer`` (``enc`` None: int8 rows, for tests of the int8 path)."""
     w = np.asarray(layer.weights, np.int8)
     c, k = w.shape
     if enc is None:
@@ -304,10 +354,14 @@ def pack(layer: Layer, enc: Encoding | None = None) -> bytes:
     total = HEADER.size + 12 * c + len(codebook) + len(weight_bytes)
     if max(c, k, *layer.in_hwc, *layer.out_hw, layer.depth_multiplier) >= 1 << 16:
         raise TflqError(f"layer of {c} channels x depth {k} is too large to pack (u16 fields)")
-    header = HEADER.pack(b"TQP1", layer.op, fmt, bits, flags, c, k, *layer.in_hwc,
+    pool = layer.pool or (0,) * 8
+    if max(*pool[:6], *layer.kernel, *layer.stride, *layer.dilation, *layer.pad) > 255:
+        raise TflqError("kernel, stride, dilation or padding above 255 (u8 fields)")
+    header = HEADER.pack(MAGIC, layer.op, fmt, bits, flags, c, k, *layer.in_hwc,
                          *layer.out_hw, layer.depth_multiplier, *layer.kernel, *layer.stride,
                          *layer.dilation, *layer.pad, layer.input_offset,
-                         layer.output_offset, layer.act_min, layer.act_max, row_bytes, total)
+                         layer.output_offset, layer.act_min, layer.act_max, row_bytes, total,
+                         layer.in_packed, layer.out_packed, *pool)
     per_channel = b"".join(np.asarray(a, "<i4").tobytes() for a in (
         bias_eff(layer, enc), layer.multiplier, layer.shift))
     return header + per_channel + codebook + weight_bytes
@@ -318,9 +372,10 @@ def unpack(blob: bytes) -> tuple[Layer, Encoding | None]:
     if len(blob) < HEADER.size:
         raise TflqError(f"packed blob of {len(blob)} bytes is shorter than its header")
     (magic, op, fmt, bits, flags, c, k, ih, iw, ic, oh, ow, dm, kh, kw, sh, sw, dh, dw, pt,
-     pl, in_off, out_off, amin, amax, row_bytes, total) = HEADER.unpack_from(blob)
-    if magic != b"TQP1" or total != len(blob):
-        raise TflqError("not a TQP1 blob, or its length differs from its header")
+     pl, in_off, out_off, amin, amax, row_bytes, total, in_packed, out_packed,
+     *pool) = HEADER.unpack_from(blob)
+    if magic != MAGIC or total != len(blob):
+        raise TflqError("not a TQP2 blob, or its length differs from its header")
     arrays = np.frombuffer(blob, "<i4", 3 * c, HEADER.size).reshape(3, c)
     pos = HEADER.size + 12 * c
     enc = None
@@ -351,12 +406,30 @@ def unpack(blob: bytes) -> tuple[Layer, Encoding | None]:
     offset = in_off + _input_shift(enc)
     bias = (arrays[0].astype(np.int64) - offset * w.astype(np.int64).sum(1)).astype(np.int32)
     layer = Layer(op, w, bias, arrays[1].copy(), arrays[2].copy(), in_off, out_off, amin, amax,
-                  (ih, iw, ic), (oh, ow), (kh, kw), (sh, sw), (dh, dw), (pt, pl), dm)
+                  (ih, iw, ic), (oh, ow), (kh, kw), (sh, sw), (dh, dw), (pt, pl), dm,
+                  in_packed, out_packed, tuple(pool) if pool[0] else None)
     return layer, enc
 
 
+def max_pool(y: np.ndarray, hw: tuple, pool: tuple) -> np.ndarray:
+    """TFLM's reference MAX_POOL_2D (no activation) of int8 ``y`` (batch, h * w * C)."""
+    kh, kw, sh, sw, pt, pl, oh, ow = pool
+    batches = len(y)
+    h, w = hw
+    y = y.reshape(batches, h, w, -1)
+    out = np.empty((batches, oh, ow, y.shape[-1]), y.dtype)
+    for py in range(oh):
+        for px in range(ow):
+            y0, x0 = py * sh - pt, px * sw - pl
+            window = y[:, max(y0, 0):min(y0 + kh, h), max(x0, 0):min(x0 + kw, w)]
+            out[:, py, px] = window.max(axis=(1, 2))
+    return out.reshape(batches, -1)
+
+
 def reference(layer: Layer, x: np.ndarray) -> np.ndarray:
-    """TFLM's reference int8 kernel for ``layer`` on int8 ``x`` (batch, *input)."""
+    """TFLM's reference int8 kernel for ``layer`` on int8 ``x`` (batch, *input), then
+    the fused max-pool if any: int8 values, whatever ``in_packed`` / ``out_packed``
+    say about how the C kernel stores them."""
     x = np.asarray(x, np.int64)
     batches = x.shape[0]
     w = layer.weights.astype(np.int64)
@@ -387,18 +460,23 @@ def reference(layer: Layer, x: np.ndarray) -> np.ndarray:
     for c in range(layer.out_channels):
         out[..., c] = double_rounding(acc[..., c], int(layer.multiplier[c]), int(layer.shift[c]))
     out = np.clip(out + layer.output_offset, layer.act_min, layer.act_max)
-    return out.reshape(batches, -1).astype(np.int8)
+    out = out.reshape(batches, -1).astype(np.int8)
+    return max_pool(out, layer.out_hw, layer.pool) if layer.pool else out
 
 
 # ---- flatbuffer operators <-> layers ----
 
 
 def scratch_bytes(layer: Layer, enc: Encoding | None) -> int:
-    """RAM tflq_scratch_bytes (micro/kernels) requests for ``layer``: CONV_2D's patch,
-    the shared tables of one input block, and accumulators when there is more than one
-    block. Must equal the C function (tests/test_kernels.py checks)."""
+    """RAM tflq_scratch_bytes (micro/kernels) requests for ``layer``: a row of output
+    channels when they are packed or pooled, CONV_2D's patch (or a packed FC input,
+    unpacked), the shared tables of one input block, and accumulators when there is
+    more than one block. Must equal the C function (tests/test_kernels.py checks)."""
     padded = -(-layer.depth // 8) * 8
-    total = padded if layer.op == OP_CONV else 0
+    total = -(-layer.out_channels // 4) * 4 if layer.op != OP_DEPTHWISE and (
+        layer.out_packed or layer.pool) else 0
+    if layer.op == OP_CONV or (layer.op == OP_FC and layer.in_packed):
+        total += padded
     if enc is not None and enc.format == FMT_BITSERIAL:  # the input's bit-planes
         return total + 4 * enc.in_bits * -(-layer.depth // 32)
     shared = layer.op != OP_DEPTHWISE and enc is not None and (

@@ -184,7 +184,7 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
 
     An operator is eligible when it is an int8 FC / CONV_2D / DEPTHWISE_CONV_2D whose
     weights take <= 4 bits (``choose_encoding``) and whose blob is smaller than its int8
-    weights and bias (not so for tiny layers, where the 56-byte header and 12 bytes of
+    weights and bias (not so for tiny layers, where the 68-byte header and 12 bytes of
     requantization per channel dominate). Other layers stay builtin int8, as do all
     other operators. An FC / CONV_2D with bit-plane weights whose input holds low-bit
     codes (``input_code_bits``) gets the bit-serial kernel (AND and popcount, 32 inputs

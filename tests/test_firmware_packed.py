@@ -70,7 +70,7 @@ def test_packed_firmware_is_bit_exact(name, codebook, tmp_path):
 def _corrupt_model_data(project, flatbuffer, corrupt):
     """Rewrites the project's model array with the packed model corrupted by ``corrupt``."""
     packed, _ = packing.pack_model(flatbuffer)
-    start = packed.index(b"TQP1")
+    start = packed.index(b"TQP2")
     bad = corrupt(bytearray(packed), start)
     cc = (project / "model_data.cc").read_text()
     body = project_files._c_bytes(bytes(bad))

@@ -165,6 +165,82 @@ def test_bit_serial_kernels_equal_tflm_reference_arithmetic(host, op, name, in_b
     assert used_thresholds >= 4  # every small output range took the threshold path
 
 
+def random_pool(rng, layer):
+    """A MAX_POOL_2D fused into a CONV_2D / DEPTHWISE_CONV_2D layer's output: random
+    window, stride and SAME / VALID padding, as TFLM computes them."""
+    oh, ow = layer.out_hw
+    k = [int(rng.integers(1, 4)) for _ in range(2)]
+    stride = [int(rng.integers(1, 4)) for _ in range(2)]
+    same = bool(rng.integers(2)) or k[0] > oh or k[1] > ow
+    if same:
+        out = [-(-n // s) for n, s in zip((oh, ow), stride)]
+        pad = [max((o - 1) * s + kk - n, 0) // 2 for o, s, kk, n in zip(out, stride, k, (oh, ow))]
+    else:
+        out = [(n - kk) // s + 1 for n, kk, s in zip((oh, ow), k, stride)]
+        pad = [0, 0]
+    return (*k, *stride, *pad, *out)
+
+
+def packed_io_layer(rng, op, name, trial):
+    """A layer with packed input and / or output codes and, for convolutions, a fused
+    max-pool: the activation layouts of tflq's packed-activation models."""
+    if name == "bit-serial":
+        in_bits = int(rng.integers(1, 5))
+        layer, enc = bit_serial_layer(rng, op, CODEBOOKS["ternary"], in_bits)
+        layer.in_packed = in_bits if trial % 2 else 0
+    else:
+        layer = random_layer(rng, op, codebook_of(rng, name))
+        enc = None if name == "int8" else packing.choose_encoding(layer.weights)
+        layer.in_packed = trial % 5
+    layer.out_packed = (3 * trial + 1) % 5
+    if layer.out_packed:
+        layer.act_min, layer.act_max = packing.input_low(layer.out_packed), 127
+        layer.output_offset = int(np.clip(layer.act_min + rng.integers(-2, 6), -128, 127))
+    if op != packing.OP_FC and trial % 3:
+        layer.pool = random_pool(rng, layer)
+    return layer, enc
+
+
+@pytest.mark.parametrize("op,name", [
+    (op, name) for op in (packing.OP_FC, packing.OP_CONV, packing.OP_DEPTHWISE)
+    for name in ("int8", "ternary", "fixed4", "log3", "bit-serial")
+    if not (op == packing.OP_DEPTHWISE and name == "bit-serial")])  # no bit-serial depthwise
+def test_packed_activations_and_fused_pools_equal_the_reference(host, op, name):
+    """k-bit packed inputs and outputs (pack_activations' layout) and fused max-pools give
+    TFLM's arithmetic, then TFLM's MAX_POOL_2D, exactly."""
+    rng = np.random.default_rng(zlib.crc32(repr((op, name, "packed")).encode()))
+    seen = set()
+    for trial in range(16):
+        layer, enc = packed_io_layer(rng, op, name, trial)
+        seen.add((layer.in_packed > 0, layer.out_packed > 0, layer.pool is not None))
+        blob = packing.pack(layer, enc)
+        back, _ = packing.unpack(blob)
+        assert (back.in_packed, back.out_packed, back.pool) == (
+            layer.in_packed, layer.out_packed, layer.pool)
+        bits = layer.in_packed or (enc.in_bits if enc is not None else 0)
+        low = packing.input_low(bits) if bits else -128
+        ih, iw, ic = layer.in_hwc
+        x = rng.integers(low, 128, (int(rng.integers(1, 3)), ih * iw * ic)).astype(np.int8)
+        assert packing.scratch_bytes(layer, enc) == host.scratch_bytes(blob)
+        np.testing.assert_array_equal(host.run(blob, x), packing.reference(layer, x),
+                                      err_msg=f"{name} trial {trial}: {layer}")
+    assert len(seen) >= (3 if op == packing.OP_FC else 5)  # int8 / packed in and out, pooled or not
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_packed_activation_layout_round_trips(k):
+    rng = np.random.default_rng(k)
+    x = rng.integers(packing.input_low(k), 128, (3, 37)).astype(np.int8)
+    packed = packed_format.pack_activations(x, k)
+    assert packed.shape == (3, packed_format.activation_bytes(37, k))
+    np.testing.assert_array_equal(packed_format.unpack_activations(packed, k, 37), x)
+    # element 1's code sits at bits s .. 2s - 1 of byte 0 (LSB first)
+    s = packed_format.store_bits(k)
+    assert (packed[0, 0] >> s) & ((1 << s) - 1) == x[0, 1] - packing.input_low(k)
+    with pytest.raises(TflqError, match="outside"):
+        packed_format.pack_activations(x - 1 if k < 4 else np.full((1, 2), -128, np.int8), k)
+
+
 def test_thresholds_are_the_requantization_steps():
     """Each threshold is the least accumulator reaching its code, within the range the
     weights and 1-bit inputs can reach: one less stays below, unless it is the bottom."""
@@ -252,7 +328,7 @@ def _blob(rng, name="ternary", op=packing.OP_CONV):
 @pytest.mark.parametrize("corrupt, message", [
     (lambda b: b[:-1], "header says"),
     (lambda b: b + b"\0\0\0\0", "header says"),
-    (lambda b: b[:40], "less than the 56-byte header"),
+    (lambda b: b[:40], "less than the 68-byte header"),
     (lambda b: b"XQP1" + b[4:], "bad magic"),
     (lambda b: b[:6] + bytes([7]) + b[7:], "bits"),  # bit width 7
     (lambda b: b[:5] + bytes([9]) + b[6:], "unknown weight format"),
@@ -265,7 +341,7 @@ def test_corrupt_blobs_are_refused_with_a_message(host, corrupt, message):
     blob = _blob(np.random.default_rng(5))
     host.parse(blob)
     bad = corrupt(blob)
-    if len(bad) >= 56 and bad[:4] == b"TQP1":
+    if len(bad) >= 68 and bad[:4] == b"TQP2":
         bad = bad[:52] + struct.pack("<I", len(bad)) + bad[56:] if message != "header says" else bad
     with pytest.raises(TflqError, match=message):
         host.parse(bad)
@@ -289,12 +365,24 @@ def test_rv32imac_in_qemu_equals_the_reference(tmp_path):
                                          ("ternary", 2, 4), ("fixed4", 3, None)):
             layer, enc = bit_serial_layer(rng, op, CODEBOOKS[name], in_bits, out_codes)
             cases.append((layer, packing.pack(layer, enc), bit_serial_input(rng, layer, in_bits, 2)))
+    for op in (packing.OP_FC, packing.OP_CONV, packing.OP_DEPTHWISE):  # packed in / out, pools
+        for name, trial in (("int8", 4), ("ternary", 7), ("log3", 2), ("bit-serial", 5)):
+            if op == packing.OP_DEPTHWISE and name == "bit-serial":
+                continue
+            layer, enc = packed_io_layer(rng, op, name, trial)
+            bits = layer.in_packed or (enc.in_bits if enc is not None else 0)
+            ih, iw, ic = layer.in_hwc
+            x = rng.integers(packing.input_low(bits) if bits else -128, 128, (2, ih * iw * ic))
+            cases.append((layer, packing.pack(layer, enc), x.astype(np.int8)))
     source = ['#include <stdio.h>\n#include "tflq_kernels.h"\n']
     calls = []
     for i, (layer, blob, x) in enumerate(cases):
         source.append(kernels.c_array(f"blob{i}", "uint8_t", np.frombuffer(blob, np.uint8)))
-        source.append(kernels.c_array(f"x{i}", "int8_t", x))
-        calls.append(f"  run({i}, blob{i}, sizeof(blob{i}), x{i}, 2, {out_size(layer)});\n")
+        stored = packed_format.pack_activations(x, layer.in_packed) if layer.in_packed else x
+        source.append(kernels.c_array(f"x{i}", "int8_t", stored.view(np.int8)))
+        values = int(np.prod(layer.output_hw)) * layer.out_channels
+        size = packed_format.activation_bytes(values, layer.out_packed)
+        calls.append(f"  run({i}, blob{i}, sizeof(blob{i}), x{i}, 2, {size});\n")
     source.append(
         "static int8_t out[4096]; static int32_t scratch[1024];\n"
         "static void run(int id, const uint8_t* blob, unsigned len, const int8_t* x, int n, int size) {\n"
@@ -311,5 +399,9 @@ def test_rv32imac_in_qemu_equals_the_reference(tmp_path):
              if l.startswith("Y ")}
     assert "ERR" not in result.uart_text, result.uart_text
     for i, (layer, _, x) in enumerate(cases):
-        want = packing.reference(layer, x).ravel()
-        np.testing.assert_array_equal(np.array(lines[i], int), want, err_msg=f"case {i}")
+        got = np.array(lines[i], int).reshape(2, -1)
+        if layer.out_packed:
+            got = packed_format.unpack_activations(got.astype(np.int8).view(np.uint8),
+                                                   layer.out_packed,
+                                                   int(np.prod(layer.output_hw)) * layer.out_channels)
+        np.testing.assert_array_equal(got, packing.reference(layer, x), err_msg=f"case {i}")

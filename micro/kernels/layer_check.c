@@ -26,6 +26,21 @@ static int expected_row_bytes(int format, int bits, int depth) {
   return format == TFLQ_FMT_INT8 ? depth : bits * ((depth + 7) / 8);
 }
 
+size_t tflq_tensor_bytes(size_t values, int packed) {
+  if (packed == 0) return values;
+  return (values * (size_t)(packed == 3 ? 4 : packed) + 7) / 8;
+}
+
+size_t tflq_input_bytes(const tflq_layer_t* l) {
+  return tflq_tensor_bytes((size_t)l->in_h * l->in_w * l->in_c, l->in_packed);
+}
+
+size_t tflq_output_bytes(const tflq_layer_t* l) {
+  const size_t positions = l->pool_kh ? (size_t)l->pool_out_h * l->pool_out_w
+                                      : (size_t)l->out_h * l->out_w;
+  return tflq_tensor_bytes(positions * l->out_channels, l->out_packed);
+}
+
 static const char* op_name(int op) {
   return op == TFLQ_OP_FC ? "FULLY_CONNECTED" : op == TFLQ_OP_CONV ? "CONV_2D"
                                                                    : "DEPTHWISE_CONV_2D";
@@ -97,6 +112,27 @@ int tflq_layer_check(const tflq_layer_t* l, char* err, size_t n) {
       (l->out_levels != 0 && l->thresholds == NULL) ||
       (l->format == TFLQ_FMT_LUT && l->levels == NULL))
     return fail(err, n, "%s: missing bias, requantization, codebook or weights", op);
+  if (l->in_packed < 0 || l->in_packed > 4 || l->out_packed < 0 || l->out_packed > 4)
+    return fail(err, n, "%s: packed input / output of %d / %d bits (1..4, 0 for int8)", op,
+                l->in_packed, l->out_packed);
+  if (l->out_packed && (l->act_max != 127 || l->act_min != 128 - (1 << l->out_packed)))
+    return fail(err, n, "%s: %d-bit packed output needs the activation range [%d, 127], not "
+                "[%ld, %ld]", op, l->out_packed, 128 - (1 << l->out_packed),
+                (long)l->act_min, (long)l->act_max);
+  if (l->pool_kh != 0) {
+    if (l->op == TFLQ_OP_FC || l->pool_kw < 1 || l->pool_stride_h < 1 || l->pool_stride_w < 1 ||
+        l->pool_out_h < 1 || l->pool_out_w < 1 || l->pool_pad_top >= l->pool_kh ||
+        l->pool_pad_left >= l->pool_kw ||
+        (l->pool_out_h - 1) * l->pool_stride_h - l->pool_pad_top >= l->out_h ||
+        (l->pool_out_w - 1) * l->pool_stride_w - l->pool_pad_left >= l->out_w)
+      return fail(err, n, "%s: fused %dx%d max-pool (stride %dx%d, padding %d, %d) to %dx%d "
+                  "does not fit its %dx%d input", op, l->pool_kh, l->pool_kw, l->pool_stride_h,
+                  l->pool_stride_w, l->pool_pad_top, l->pool_pad_left, l->pool_out_h,
+                  l->pool_out_w, l->out_h, l->out_w);
+  } else if (l->pool_kw || l->pool_stride_h || l->pool_stride_w || l->pool_pad_top ||
+             l->pool_pad_left || l->pool_out_h || l->pool_out_w) {
+    return fail(err, n, "%s: max-pool fields set without a pool", op);
+  }
   for (int c = 0; c < (l->requant_per_channel ? l->out_channels : 1); ++c) {
     if (l->multiplier[c] < 0 || l->shift[c] < -31 || l->shift[c] > 30)
       return fail(err, n, "%s: channel %d requantization (%ld, shift %ld) out of range", op, c,
@@ -149,6 +185,16 @@ void tflq_layer_decode(const uint8_t* b, tflq_layer_t* l) {
   l->act_min = (int32_t)u32(b + 40);
   l->act_max = (int32_t)u32(b + 44);
   l->row_bytes = (int)u32(b + 48);
+  l->in_packed = b[56];
+  l->out_packed = b[57];
+  l->pool_kh = b[58];
+  l->pool_kw = b[59];
+  l->pool_stride_h = b[60];
+  l->pool_stride_w = b[61];
+  l->pool_pad_top = b[62];
+  l->pool_pad_left = b[63];
+  l->pool_out_h = (int)u16(b + 64);
+  l->pool_out_w = (int)u16(b + 66);
   const size_t channels = (size_t)l->out_channels;
   const uint8_t* p = b + TFLQ_HEADER_BYTES;
   l->bias = (const int32_t*)p;
@@ -177,8 +223,8 @@ int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err
                 (unsigned)length, TFLQ_HEADER_BYTES);
   if (((uintptr_t)b & 3u) != 0)
     return fail(err, n, "packed weights are not 4-byte aligned (address %p)", (const void*)b);
-  if (memcmp(b, "TQP1", 4) != 0)
-    return fail(err, n, "packed weights: bad magic (not a tflq TQP1 blob)");
+  if (memcmp(b, "TQP2", 4) != 0)
+    return fail(err, n, "packed weights: bad magic (not a tflq TQP2 blob)");
   tflq_layer_decode(b, l);
   if (check_kind(l, err, n) != 0) return -1;
   const uint32_t total = u32(b + 52);

@@ -52,9 +52,23 @@ static int uses_shared_tables(const tflq_layer_t* l) {
           (l->format == TFLQ_FMT_LUT && !l->per_channel_codebook));
 }
 
+/* Output channels go through a row buffer when they are packed or pooled (not for
+ * DEPTHWISE_CONV_2D, which emits one value at a time). */
+static int uses_row_buffer(const tflq_layer_t* l) {
+  return l->op != TFLQ_OP_DEPTHWISE && (l->out_packed || l->pool_kh);
+}
+
+/* Scratch, in order: the output row buffer, FC's unpacked input, CONV_2D's patch,
+ * then the kernel's tables (each part a multiple of 4 bytes). */
+static size_t staging_bytes(const tflq_layer_t* l) {
+  size_t bytes = uses_row_buffer(l) ? (size_t)((l->out_channels + 3) & ~3) : 0;
+  if (l->op == TFLQ_OP_CONV || (l->op == TFLQ_OP_FC && l->in_packed))
+    bytes += (size_t)((l->depth + 7) & ~7); /* patch, or the unpacked input vector */
+  return bytes;
+}
+
 size_t tflq_scratch_bytes(const tflq_layer_t* l) {
-  size_t bytes = 0;
-  if (l->op == TFLQ_OP_CONV) bytes += (size_t)((l->depth + 7) & ~7); /* patch */
+  size_t bytes = staging_bytes(l);
   if (l->format == TFLQ_FMT_BITSERIAL) /* the input's bit-planes */
     return bytes + 4 * (size_t)l->in_bits * (size_t)((l->depth + 31) >> 5);
   if (uses_shared_tables(l)) {
@@ -64,6 +78,70 @@ size_t tflq_scratch_bytes(const tflq_layer_t* l) {
     if (block < l->depth) bytes += 4 * (size_t)l->out_channels; /* accumulators */
   }
   return bytes;
+}
+
+/* ---- packed activations: codes of s bits, LSB first (tflq_kernels.h) ---- */
+
+INLINE int store_bits(int packed) { return packed == 3 ? 4 : packed; }
+
+INLINE uint32_t get_code(const uint8_t* t, size_t e, int s) {
+  const size_t bit = e * (size_t)s;
+  return ((uint32_t)t[bit >> 3] >> (bit & 7)) & ((1u << s) - 1);
+}
+
+/* Values e .. e + count - 1 of a packed tensor whose codes start at `low`. */
+static void unpack_values(const uint8_t* t, size_t e, int count, int s, int low, int8_t* dst) {
+  for (int i = 0; i < count; ++i) dst[i] = (int8_t)(low + (int)get_code(t, e + i, s));
+}
+
+/* The pool outputs [*first, *last] along one axis whose window holds input i. */
+INLINE void pool_span(int i, int kernel, int stride, int pad, int outs, int* first, int* last) {
+  const int lo = i + pad - kernel + 1;
+  *first = lo <= 0 ? 0 : (lo + stride - 1) / stride;
+  const int hi = (i + pad) / stride;
+  *last = hi < outs - 1 ? hi : outs - 1;
+}
+
+/* Stores values v[0 .. count) of channels c0 .. of output position (oy, ox): int8 or
+ * packed, directly or into the fused max-pool's outputs (which start at their least
+ * code: tflq_layer_eval clears them). */
+static void emit(const tflq_layer_t* l, int oy, int ox, const int8_t* v, int c0, int count,
+                 uint8_t* out) {
+  const int channels = l->out_channels, s = store_bits(l->out_packed);
+  const int low = (int)l->act_min;
+  if (l->pool_kh == 0) {
+    const size_t e = ((size_t)oy * l->out_w + ox) * channels + c0;
+    if (s == 0) {
+      memcpy(out + e, v, (size_t)count);
+    } else {
+      for (int i = 0; i < count; ++i) {
+        const size_t bit = (e + i) * (size_t)s;
+        out[bit >> 3] |= (uint8_t)((uint32_t)(v[i] - low) << (bit & 7));
+      }
+    }
+    return;
+  }
+  int py0, py1, px0, px1;
+  pool_span(oy, l->pool_kh, l->pool_stride_h, l->pool_pad_top, l->pool_out_h, &py0, &py1);
+  pool_span(ox, l->pool_kw, l->pool_stride_w, l->pool_pad_left, l->pool_out_w, &px0, &px1);
+  for (int py = py0; py <= py1; ++py) {
+    for (int px = px0; px <= px1; ++px) {
+      const size_t e = ((size_t)py * l->pool_out_w + px) * channels + c0;
+      if (s == 0) {
+        int8_t* o = (int8_t*)out + e;
+        for (int i = 0; i < count; ++i)
+          if (v[i] > o[i]) o[i] = v[i];
+      } else {
+        for (int i = 0; i < count; ++i) {
+          const size_t bit = (e + i) * (size_t)s;
+          const uint32_t code = (uint32_t)(v[i] - low), shift = bit & 7;
+          uint8_t* byte = out + (bit >> 3);
+          if (code > (((uint32_t)*byte >> shift) & ((1u << s) - 1)))
+            *byte = (uint8_t)((*byte & ~(((1u << s) - 1) << shift)) | (code << shift));
+        }
+      }
+    }
+  }
 }
 
 /* ---- int8 rows: four (then two, one) output channels per pass share the input loads ---- */
@@ -474,76 +552,112 @@ static void vector_layer(const tflq_layer_t* l, const int8_t* x, int8_t* out, vo
   }
 }
 
-static void conv(const tflq_layer_t* l, const int8_t* input, int batches, int8_t* output,
-                 void* scratch) {
+static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch) {
   const int padded = (l->depth + 7) & ~7;
-  int8_t* patch = (int8_t*)scratch;
-  void* rest = (uint8_t*)scratch + padded;
+  int8_t* row = uses_row_buffer(l) ? (int8_t*)scratch : NULL;
+  int8_t* patch = (int8_t*)scratch + (row ? (l->out_channels + 3) & ~3 : 0);
+  void* rest = (uint8_t*)patch + padded;
   const int8_t zero_point = (int8_t)(-l->input_offset);
-  const int cin = l->in_c;
+  const int cin = l->in_c, s_in = store_bits(l->in_packed);
+  const int in_low = 128 - (1 << l->in_packed);
   memset(patch, 0, (size_t)padded);
-  for (int b = 0; b < batches; ++b) {
-    const int8_t* in = input + (size_t)b * l->in_h * l->in_w * cin;
-    for (int oy = 0; oy < l->out_h; ++oy) {
-      for (int ox = 0; ox < l->out_w; ++ox) {
-        int8_t* dst = patch;
-        for (int ky = 0; ky < l->kh; ++ky) {
-          const int iy = oy * l->stride_h - l->pad_top + ky * l->dilation_h;
-          for (int kx = 0; kx < l->kw; ++kx, dst += cin) {
-            const int ix = ox * l->stride_w - l->pad_left + kx * l->dilation_w;
-            if (iy >= 0 && iy < l->in_h && ix >= 0 && ix < l->in_w)
-              memcpy(dst, in + ((size_t)iy * l->in_w + ix) * cin, (size_t)cin);
+  int8_t* out = (int8_t*)output;
+  for (int oy = 0; oy < l->out_h; ++oy) {
+    for (int ox = 0; ox < l->out_w; ++ox) {
+      int8_t* dst = patch;
+      for (int ky = 0; ky < l->kh; ++ky) {
+        const int iy = oy * l->stride_h - l->pad_top + ky * l->dilation_h;
+        for (int kx = 0; kx < l->kw; ++kx, dst += cin) {
+          const int ix = ox * l->stride_w - l->pad_left + kx * l->dilation_w;
+          if (iy >= 0 && iy < l->in_h && ix >= 0 && ix < l->in_w) {
+            const size_t e = ((size_t)iy * l->in_w + ix) * cin;
+            if (s_in)
+              unpack_values(in, e, cin, s_in, in_low, dst);
             else
-              memset(dst, zero_point, (size_t)cin);
+              memcpy(dst, in + e, (size_t)cin);
+          } else {
+            memset(dst, zero_point, (size_t)cin);
           }
         }
-        vector_layer(l, patch, output, rest);
-        output += l->out_channels;
+      }
+      if (row) {
+        vector_layer(l, patch, row, rest);
+        emit(l, oy, ox, row, 0, l->out_channels, output);
+      } else {
+        vector_layer(l, patch, out, rest);
+        out += l->out_channels;
       }
     }
   }
 }
 
-static void depthwise(const tflq_layer_t* l, const int8_t* input, int batches,
-                      int8_t* output) {
+static void depthwise(const tflq_layer_t* l, const uint8_t* in, uint8_t* output) {
   const int taps = l->kh * l->kw, channels = l->out_channels, cin = l->in_c;
   const int32_t zero_point = -l->input_offset;
+  const int s_in = store_bits(l->in_packed), in_low = 128 - (1 << l->in_packed);
+  const int direct = !l->out_packed && !l->pool_kh;
   for (int c = 0; c < channels; ++c) {
     int8_t w[64]; /* one channel's taps, at most 64 (checked) */
     for (int k = 0; k < taps; ++k) w[k] = (int8_t)weight_at(l, c, k);
     const int ic = c / l->depth_multiplier;
-    for (int b = 0; b < batches; ++b) {
-      const int8_t* in = input + (size_t)b * l->in_h * l->in_w * cin + ic;
-      int8_t* out = output + (size_t)b * l->out_h * l->out_w * channels + c;
-      for (int oy = 0; oy < l->out_h; ++oy) {
-        for (int ox = 0; ox < l->out_w; ++ox, out += channels) {
-          int32_t s = 0;
-          for (int ky = 0; ky < l->kh; ++ky) {
-            const int iy = oy * l->stride_h - l->pad_top + ky * l->dilation_h;
-            for (int kx = 0; kx < l->kw; ++kx) {
-              const int ix = ox * l->stride_w - l->pad_left + kx * l->dilation_w;
-              const int32_t x = (iy >= 0 && iy < l->in_h && ix >= 0 && ix < l->in_w)
-                                    ? in[((size_t)iy * l->in_w + ix) * cin]
-                                    : zero_point;
-              s += x * w[ky * l->kw + kx];
+    int8_t* out = (int8_t*)output + c;
+    for (int oy = 0; oy < l->out_h; ++oy) {
+      for (int ox = 0; ox < l->out_w; ++ox, out += channels) {
+        int32_t sum = 0;
+        for (int ky = 0; ky < l->kh; ++ky) {
+          const int iy = oy * l->stride_h - l->pad_top + ky * l->dilation_h;
+          for (int kx = 0; kx < l->kw; ++kx) {
+            const int ix = ox * l->stride_w - l->pad_left + kx * l->dilation_w;
+            int32_t x = zero_point;
+            if (iy >= 0 && iy < l->in_h && ix >= 0 && ix < l->in_w) {
+              const size_t e = ((size_t)iy * l->in_w + ix) * cin + ic;
+              x = s_in ? in_low + (int32_t)get_code(in, e, s_in) : (int8_t)in[e];
             }
+            sum += x * w[ky * l->kw + kx];
           }
-          *out = finish(l, c, s);
         }
+        const int8_t v = finish(l, c, sum);
+        if (direct)
+          *out = v;
+        else
+          emit(l, oy, ox, &v, c, 1, output);
       }
     }
   }
 }
 
-void tflq_layer_eval(const tflq_layer_t* l, const int8_t* input, int batches, int8_t* output,
-                     void* scratch) {
-  if (l->op == TFLQ_OP_CONV) {
-    conv(l, input, batches, output, scratch);
-  } else if (l->op == TFLQ_OP_DEPTHWISE) {
-    depthwise(l, input, batches, output);
+static void fully_connected(const tflq_layer_t* l, const uint8_t* in, uint8_t* output,
+                            void* scratch) {
+  int8_t* row = uses_row_buffer(l) ? (int8_t*)scratch : NULL;
+  int8_t* x = (int8_t*)scratch + (row ? (l->out_channels + 3) & ~3 : 0);
+  void* rest = x;
+  if (l->in_packed) {
+    unpack_values(in, 0, l->depth, store_bits(l->in_packed), 128 - (1 << l->in_packed), x);
+    rest = (uint8_t*)x + ((l->depth + 7) & ~7);
   } else {
-    for (int b = 0; b < batches; ++b)
-      vector_layer(l, input + (size_t)b * l->depth, output + (size_t)b * l->out_channels,
-                   scratch);
+    x = (int8_t*)in;
+  }
+  if (row) {
+    vector_layer(l, x, row, rest);
+    emit(l, 0, 0, row, 0, l->out_channels, output);
+  } else {
+    vector_layer(l, x, (int8_t*)output, rest);
+  }
+}
+
+void tflq_layer_eval(const tflq_layer_t* l, const void* input, int batches, void* output,
+                     void* scratch) {
+  const size_t in_bytes = tflq_input_bytes(l), out_bytes = tflq_output_bytes(l);
+  for (int b = 0; b < batches; ++b) {
+    const uint8_t* in = (const uint8_t*)input + (size_t)b * in_bytes;
+    uint8_t* out = (uint8_t*)output + (size_t)b * out_bytes;
+    if (l->out_packed || l->pool_kh) /* packed codes are ORed in; pools start at their least */
+      memset(out, l->out_packed ? 0 : (uint8_t)(int8_t)l->act_min, out_bytes);
+    if (l->op == TFLQ_OP_CONV)
+      conv(l, in, out, scratch);
+    else if (l->op == TFLQ_OP_DEPTHWISE)
+      depthwise(l, in, out);
+    else
+      fully_connected(l, in, out, scratch);
   }
 }

@@ -33,7 +33,18 @@
  * so they contribute nothing), then requantized with gemmlowp's double rounding
  * (TFLM's MultiplyByQuantizedMultiplier), offset and clamped.
  *
- * The packed blob ("TQP1", converters/packed_format.py is the one writer) is
+ * Activations (the layer's input and output tensors) are int8 (NHWC), or *packed*:
+ * a tensor whose values can only be the 2^k codes 128 - 2^k .. 127 (k = 1..4, a
+ * low-bit activation) may be stored as codes c = x - (128 - 2^k) of s bits each
+ * (s = k, but 4 for k = 3), LSB first, element e (NHWC order) at bit e * s:
+ * ceil(values * s / 8) bytes per batch (tflq_tensor_bytes). in_packed / out_packed
+ * give k (0: int8). A max-pool may be fused into a CONV_2D or DEPTHWISE_CONV_2D's
+ * output (pool_kh > 0): the output tensor is then TFLM's MAX_POOL_2D of the layer's
+ * output (window pool_kh x pool_kw, strides, padding top / left, pool_out_h x
+ * pool_out_w), exact in codes because max is monotone; the un-pooled output is never
+ * stored.
+ *
+ * The packed blob ("TQP2", converters/packed_format.py is the one writer) is
  * little-endian, 4-byte aligned, and self-describing:
  *   0  'T' 'Q' 'P' '1'
  *   4  u8 op, u8 format, u8 bits, u8 flags (bit 0: one codebook per channel)
@@ -42,9 +53,12 @@
  *  24  u8 kh, kw, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left
  *  32  i32 input_offset, output_offset, act_min, act_max
  *  48  u32 row_bytes, u32 total_bytes
+ *  56  u8 in_packed, out_packed, pool_kh, pool_kw, pool_stride_h, pool_stride_w,
+ *      pool_pad_top, pool_pad_left
+ *  64  u16 pool_out_h, pool_out_w
  *   4  u8 flags: bit 0 one codebook per channel; BITSERIAL: bits 1..3 in_bits (1..4),
  *      bit 4 output thresholds
- *  56  i32 bias_eff[C], i32 multiplier[C], i32 shift[C]
+ *  68  i32 bias_eff[C], i32 multiplier[C], i32 shift[C]
  *      (BITSERIAL: bias_eff = bias + (input_offset + lo) * sum(w), added to sum(a * w))
  *      codebook: PLANES and BITSERIAL i16 (v0, d)[n]; LUT i8 levels[2^bits * n];
  *      n = C or 1; zero-padded to 4 bytes
@@ -67,7 +81,7 @@ extern "C" {
 
 enum { TFLQ_OP_FC = 1, TFLQ_OP_CONV = 2, TFLQ_OP_DEPTHWISE = 3 };
 enum { TFLQ_FMT_INT8 = 0, TFLQ_FMT_PLANES = 1, TFLQ_FMT_LUT = 2, TFLQ_FMT_BITSERIAL = 3 };
-enum { TFLQ_HEADER_BYTES = 56 };
+enum { TFLQ_HEADER_BYTES = 68 };
 
 typedef struct {
   int op, format, bits, per_channel_codebook;
@@ -86,6 +100,9 @@ typedef struct {
   const int32_t* thresholds;  /* BITSERIAL: out_levels - 1 per channel, or NULL */
   const int8_t* levels;       /* LUT: 2^bits levels per channel or one set */
   const uint8_t* weights;     /* out_channels rows of row_bytes */
+  int in_packed, out_packed;  /* k of packed input / output codes (1..4); 0: int8 */
+  int pool_kh, pool_kw, pool_stride_h, pool_stride_w, pool_pad_top, pool_pad_left;
+  int pool_out_h, pool_out_w; /* fused max-pool (pool_kh 0: none) */
 } tflq_layer_t;
 
 /* Parses and checks a packed blob of `length` bytes into *layer (pointing into the
@@ -104,11 +121,18 @@ int tflq_layer_check(const tflq_layer_t* layer, char* err, size_t err_size);
 /* Bytes of scratch RAM tflq_layer_eval needs (tables, accumulators, patch). */
 size_t tflq_scratch_bytes(const tflq_layer_t* layer);
 
-/* Runs the layer on `batches` inputs of in_h * in_w * in_c int8 values (NHWC) into
- * out_h * out_w * out_channels int8 values each. scratch: tflq_scratch_bytes bytes,
- * 4-byte aligned. */
-void tflq_layer_eval(const tflq_layer_t* layer, const int8_t* input, int batches,
-                     int8_t* output, void* scratch);
+/* Bytes of one batch of `values` activations stored with packed k (0: int8). */
+size_t tflq_tensor_bytes(size_t values, int packed);
+
+/* Bytes of one batch of the layer's input and of its output (pooled, packed). */
+size_t tflq_input_bytes(const tflq_layer_t* layer);
+size_t tflq_output_bytes(const tflq_layer_t* layer);
+
+/* Runs the layer on `batches` inputs of tflq_input_bytes each (in_h * in_w * in_c
+ * values, NHWC, int8 or packed) into tflq_output_bytes each. scratch:
+ * tflq_scratch_bytes bytes, 4-byte aligned. */
+void tflq_layer_eval(const tflq_layer_t* layer, const void* input, int batches, void* output,
+                     void* scratch);
 
 /* TFLM's MultiplyByQuantizedMultiplier (gemmlowp double rounding), for the host tests;
  * the kernels inline tflq_requantize.h, the one definition. */

@@ -9,7 +9,7 @@
 
 namespace tflq {
 
-// Custom operator "TFLQ_PACKED": inputs (int8 activation, uint8 TQP1 blob), output
+// Custom operator "TFLQ_PACKED": inputs (int8 or packed activation, uint8 TQP2 blob), output
 // int8 activation. Register with
 //   op_resolver.AddCustom(tflq::kPackedOpName, tflq::Register_TFLQ_PACKED());
 constexpr char kPackedOpName[] = "TFLQ_PACKED";

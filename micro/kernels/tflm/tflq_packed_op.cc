@@ -1,5 +1,5 @@
 // TFLQ_PACKED: a FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D layer whose weights
-// are a TQP1 blob (micro/kernels/tflq_kernels.h), read in place from flash or RAM.
+// are a TQP2 blob (micro/kernels/tflq_kernels.h), read in place from flash or RAM.
 // Prepare checks the blob and the tensors against each other and refuses anything
 // inconsistent with a message; Eval decodes the checked header (no validation) and runs
 // the plain-C kernel.
@@ -47,8 +47,8 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
     MicroPrintf("TFLQ_PACKED: %s", err);
     status = kTfLiteError;
   } else {
-    const size_t per_input = static_cast<size_t>(layer.in_h) * layer.in_w * layer.in_c;
-    const size_t per_output = static_cast<size_t>(layer.out_h) * layer.out_w * layer.out_channels;
+    const size_t per_input = tflq_input_bytes(&layer);  // packed activations: fewer bytes
+    const size_t per_output = tflq_output_bytes(&layer);
     const size_t batches = input->bytes / per_input;
     if (batches == 0 || batches * per_input != input->bytes ||
         batches * per_output != output->bytes) {
@@ -81,10 +81,9 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
   void* scratch =
       data->scratch_index >= 0 ? context->GetScratchBuffer(context, data->scratch_index) : nullptr;
-  const int per_input = layer.in_h * layer.in_w * layer.in_c;
-  const int batches = tflite::micro::GetTensorShape(input).FlatSize() / per_input;
-  tflq_layer_eval(&layer, tflite::micro::GetTensorData<int8_t>(input), batches,
-                  tflite::micro::GetTensorData<int8_t>(output), scratch);
+  const size_t per_input = tflq_input_bytes(&layer);
+  const int batches = static_cast<int>(tflite::micro::GetTensorShape(input).FlatSize() / per_input);
+  tflq_layer_eval(&layer, input->data.data, batches, output->data.data, scratch);
   return kTfLiteOk;
 }
 
