@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from tflq.converters import activation_plan
 from tflq.converters import flatbuffer as fb
 # The format's names, as the callers know them (packing.pack, packing.Layer, ...).
 from tflq.converters.packed_format import (  # noqa: F401
@@ -132,14 +133,31 @@ class PackedOp:
     int8_bytes: int  # weights + bias in the int8 model
     packed_bytes: int  # the blob (0 when not packed)
     per_mac: float = 0.0  # the kernel's estimated instructions per MAC (packed_format._PER_MAC)
+    pool: str = ""  # the fused MAX_POOL_2D's output tensor ("": none)
+    in_bits: int = 0  # reads k-bit packed codes (0: int8)
+    out_bits: int = 0  # writes k-bit packed codes (0: int8)
+    out_bytes: tuple = ()  # (int8, packed) arena bytes of a packed output
 
 
 def packing_lines(packed_ops) -> list[str]:
-    """One line per FC / CONV_2D / DEPTHWISE_CONV_2D: packed how, or why it stays int8."""
-    return [f"{p.op} {p.output!r}: " + (
-        f"packed as {p.encoding}, {p.int8_bytes} -> {p.packed_bytes} bytes, "
-        f"~{p.per_mac:.2f} instructions/MAC" if p.encoding
-        else f"stays int8 ({p.reason})") for p in packed_ops]
+    """One line per FC / CONV_2D / DEPTHWISE_CONV_2D: packed how (weights, fused pool,
+    packed activations), or why it stays int8."""
+    lines = []
+    for p in packed_ops:
+        if not p.encoding:
+            lines.append(f"{p.op} {p.output!r}: stays int8 ({p.reason})")
+            continue
+        line = (f"{p.op} {p.output!r}: packed as {p.encoding}, {p.int8_bytes} -> "
+                f"{p.packed_bytes} bytes, ~{p.per_mac:.2f} instructions/MAC")
+        if p.pool:
+            line += f"; max-pool {p.pool!r} fused"
+        if p.in_bits:
+            line += f"; reads {p.in_bits}-bit codes"
+        if p.out_bits:
+            line += (f"; writes {p.out_bits}-bit codes ({p.out_bytes[0]} -> {p.out_bytes[1]} "
+                     "arena bytes)")
+        lines.append(line)
+    return lines
 
 
 _SAME_CODES = ("MAX_POOL_2D", "RESHAPE", "SQUEEZE", "PAD", "AVERAGE_POOL_2D")
@@ -179,8 +197,13 @@ def input_code_bits(model) -> dict:
     return found
 
 
-def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
+def pack_model(flatbuffer: bytes, int8_pools: bool = False) -> tuple[bytes, list[PackedOp]]:
     """Rewrites eligible operators to TFLQ_PACKED; returns (flatbuffer, one PackedOp each).
+
+    Then ``converters.activation_plan`` decides which max-pools are fused into the
+    packed layers and which low-bit activations are stored as k-bit codes; layers that
+    read or write those become TFLQ_PACKED too, with int8 rows where their weights are
+    not low-bit. ``int8_pools``: fuse max-pools into int8 layers too (int8 rows).
 
     An operator is eligible when it is an int8 FC / CONV_2D / DEPTHWISE_CONV_2D whose
     weights take <= 4 bits (``choose_encoding``) and whose blob is smaller than its int8
@@ -196,21 +219,22 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
         raise TflqError(f"model has {len(model.subgraphs)} subgraphs: packing handles one")
     sg = model.subgraphs[0]
     code_bits = input_code_bits(model)
-    report, custom_index = [], None
-    for index, op in enumerate(sg.operators):
+    ops = list(sg.operators)  # indices as in the input model (the plan drops some)
+    layers, encodings, kept, int8_bytes, out_names = {}, {}, {}, {}, {}
+    for index, op in enumerate(ops):
         name = fb.op_name(model, op)
-        if name not in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"):
+        if name not in activation_plan.LAYER_NAMES:
             continue
         raw_name = sg.tensors[op.outputs[0]].name
-        out_name = raw_name.decode(errors="replace") if raw_name else f"tensor {op.outputs[0]}"
+        out_names[index] = raw_name.decode(errors="replace") if raw_name else f"tensor {op.outputs[0]}"
         const_inputs = [i for i in op.inputs[1:3] if i >= 0]
-        int8_bytes = sum(len(model.buffers[sg.tensors[i].buffer].data)
-                         for i in const_inputs
-                         if model.buffers[sg.tensors[i].buffer].data is not None)
-        layer = layer_of_op(model, op)
+        int8_bytes[index] = sum(len(model.buffers[sg.tensors[i].buffer].data)
+                                for i in const_inputs
+                                if model.buffers[sg.tensors[i].buffer].data is not None)
+        layer = layers[index] = layer_of_op(model, op)
         enc = choose_encoding(layer.weights) if isinstance(layer, Layer) else layer
         if isinstance(enc, str):
-            report.append(PackedOp(index, name, out_name, None, enc, int8_bytes, 0))
+            kept[index] = enc
             continue
         if (enc.format == FMT_PLANES and layer.op != OP_DEPTHWISE
                 and op.inputs[0] in code_bits and -layer.input_offset == input_low(
@@ -218,13 +242,25 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
             serial = bit_serial(enc, code_bits[op.inputs[0]], layer)
             if estimated_per_mac(serial) < estimated_per_mac(enc):
                 enc = serial
-        blob = pack(layer, enc)
-        if len(blob) >= int8_bytes:  # tiny layers: header and per-channel records dominate
-            report.append(PackedOp(index, name, out_name, None,
-                                   f"packed ({enc.describe()}, {len(blob)} B) would not be "
-                                   f"smaller than int8 weights + bias ({int8_bytes} B)",
-                                   int8_bytes, 0))
+        size = len(pack(layer, enc))
+        if size >= int8_bytes[index]:  # tiny layers: header and per-channel records dominate
+            kept[index] = (f"packed ({enc.describe()}, {size} B) would not be smaller than "
+                           f"int8 weights + bias ({int8_bytes[index]} B)")
             continue
+        encodings[index] = enc
+    plan = activation_plan.plan(model, layers, set(encodings), code_bits, int8_pools)
+    pool_names = {i: fb.tensor(model, ops[p].outputs[0]).name for i, (p, _) in plan.pools.items()}
+    activation_plan.apply(model, plan, layers)
+    report, custom_index = [], None
+    for index in sorted(layers):
+        name = fb.op_name(model, ops[index])
+        if index not in encodings and index not in plan.forced:
+            reason = kept[index]
+            report.append(PackedOp(index, name, out_names[index], None, reason,
+                                   int8_bytes[index], 0))
+            continue
+        layer, enc, op = layers[index], encodings.get(index), ops[index]
+        blob = pack(layer, enc)
         if custom_index is None:
             code = fb.schema.OperatorCodeT()
             code.builtinCode = code.deprecatedBuiltinCode = fb.schema.BuiltinOperator.CUSTOM
@@ -235,7 +271,7 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
         buffer.data = np.frombuffer(blob, np.uint8).copy()
         model.buffers.append(buffer)
         tensor = fb.schema.TensorT()
-        tensor.name = f"{out_name}/tflq_packed".encode()
+        tensor.name = f"{out_names[index]}/tflq_packed".encode()
         tensor.type, tensor.shape = fb.schema.TensorType.UINT8, [len(blob)]
         tensor.buffer = len(model.buffers) - 1
         sg.tensors.append(tensor)
@@ -243,8 +279,14 @@ def pack_model(flatbuffer: bytes) -> tuple[bytes, list[PackedOp]]:
         op.inputs = [op.inputs[0], len(sg.tensors) - 1]
         op.builtinOptionsType, op.builtinOptions = 0, None
         op.customOptions = None
-        report.append(PackedOp(index, name, out_name, enc.describe(), "", int8_bytes, len(blob),
-                               estimated_per_mac(enc)))
+        out = plan.packed.get(int(op.outputs[0]))
+        report.append(PackedOp(
+            index, name, out_names[index],
+            enc.describe() if enc else "int8 rows" + (
+                " (its activations are packed)" if layer.in_packed or layer.out_packed
+                else " (a max-pool is fused)"), "",
+            int8_bytes[index], len(blob), estimated_per_mac(enc), pool_names.get(index, ""),
+            layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else ()))
     fb.drop_unused(model)
     return fb.dump(model), report
 

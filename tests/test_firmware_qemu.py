@@ -44,8 +44,9 @@ def test_firmware_matches_host_interpreter_bit_for_bit(name, kernels, tmp_path):
     # kernels compute what TFLM's do.
     assert np.array_equal(run.outputs, tflm_host.predict(flatbuffer, inputs))
 
-    budget = micro_project.memory_budget(flatbuffer,
-                                         plan=firmware_kernels.plan(flatbuffer, kernels))
+    budget = project.budget  # the firmware's model (tflq: max-pools fused into the convs)
+    assert budget == micro_project.memory_budget(
+        flatbuffer, project.flatbuffer, firmware_kernels.plan(project.flatbuffer, kernels))
     assert run.instructions > 1000
     # The budget's arena is TFLM's own ILP32 host build's figure: the device's, exactly.
     assert budget.arena_source == "ilp32" and run.arena_bytes == budget.host_arena, budget

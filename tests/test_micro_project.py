@@ -85,18 +85,24 @@ def test_project_holds_model_ops_and_data(models, tmp_path):
 
 
 @pytest.mark.parametrize("choice", ["reference", "tflq"])
-@pytest.mark.parametrize("name, ops", [
-    ("mlp", ["FULLY_CONNECTED"]),
-    ("small_cnn", ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE"]),
+@pytest.mark.parametrize("name, ops, fused", [
+    ("mlp", ["FULLY_CONNECTED"], []),
+    # tflq's kernels: the conv and its max-pool become one TFLQ_PACKED op (int8 rows).
+    ("small_cnn", ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE"],
+     ["CONV_2D", "MAX_POOL_2D"]),
 ])
-def test_resolver_registers_exactly_the_model_ops(models, tmp_path, name, ops, choice):
+def test_resolver_registers_exactly_the_model_ops(models, tmp_path, name, ops, fused, choice):
     flatbuffer = models[name]
     assert tflite_op_names(flatbuffer) == ops
     out = micro_project.generate_project(flatbuffer, tmp_path / name, kernels=choice)
     main_cc = (out / "main.cc").read_text()
 
-    assert resolver_calls(main_cc) == sorted(tflm.OPS[op].resolver_call for op in ops)
-    assert f"MicroMutableOpResolver<{len(ops)}>" in main_cc
+    builtin = [op for op in ops if choice == "reference" or op not in fused]
+    custom = choice == "tflq" and bool(fused)
+    assert resolver_calls(main_cc) == sorted(tflm.OPS[op].resolver_call for op in builtin)
+    assert ("AddCustom(tflq::kPackedOpName" in main_cc) == custom
+    assert f"MicroMutableOpResolver<{len(builtin) + custom}>" in main_cc
+    ops = builtin
     makefile = (out / "Makefile").read_text()
     listed = [k for k in re.search(r"TFLM_KERNEL_SRCS := \\\n(.*?)\n\n", makefile,
                                    re.S).group(1).split() if k != "\\"]
@@ -112,13 +118,19 @@ def test_arena_in_firmware_is_the_budgeted_bound(models, tmp_path):
     flatbuffer = models["small_cnn"]
     budget = micro_project.memory_budget(flatbuffer, plan=firmware_kernels.plan(flatbuffer))
     assert budget.arena >= micro_project.memory_budget(flatbuffer).arena
-    out = micro_project.generate_project(flatbuffer, tmp_path / "cnn")
+    out = micro_project.generate_project(flatbuffer, tmp_path / "cnn", fuse_pools=False)
     main_cc = (out / "main.cc").read_text()
     assert f"kTensorArenaSize = {budget.arena};" in main_cc
     assert budget.arena % 16 == 0 and budget.total <= micro_project.RAM_BYTES
     # The int8 activations alone: the 10x10x4 conv output and the 5x5x4 pooled one.
     assert budget.arena >= 10 * 10 * 4 + 5 * 5 * 4
     assert f"STACK_BYTES := {budget.stack}" in (out / "Makefile").read_text()
+    # By default the max-pool is fused into the conv (TFLQ_PACKED int8 rows): the 10x10x4
+    # output is never stored, and the firmware's budget is that model's.
+    fused = micro_project.generate_project(flatbuffer, tmp_path / "fused")
+    assert [p.pool for p in fused.packing if p.op == "CONV_2D"] != [""]
+    assert f"kTensorArenaSize = {fused.budget.arena};" in (fused / "main.cc").read_text()
+    assert fused.budget.arena < budget.arena
 
 
 def test_model_too_big_for_ram_is_refused_with_its_numbers(models, tmp_path):
