@@ -15,8 +15,11 @@ Accuracy: the TFLite model (tf.lite reference kernels) on the 10,000 test images
 Codes: the most distinct int8 values any low-bit activation tensor takes over the test
 images, on the TFLM host reference. Device columns: the firmware in QEMU (-icount
 shift=0, minstret), packed weights and tflq kernels, bit-exact with the host reference
-on 8 test images; "arena" is the measured arena in use. Activations are still stored
-as int8 in the arena: that is what the arena column measures.
+on 8 test images; "arena" is the measured arena in use. The generator stores low-bit
+activations between packed layers as k-bit codes and fuses each max-pool into the conv
+before it (converters/activation_plan.py); "arena, int8 activations" is the same model's
+firmware with pack_activations=False, and the int8 row is also measured without fused
+pools (fuse_pools=False: TFLM's own layout, the firmware before packed activations).
 """
 import argparse
 import json
@@ -112,6 +115,17 @@ def main():
             for key in ("instructions", "arena_used", "ram_used", "flash", "weight_bytes",
                         "bit_exact"):
                 row["device_" + key] = device[key]
+            row["device_arena_int8_activations"] = device["arena_used"]
+            if lows:  # the same firmware with every activation int8
+                unpacked = measure(label.replace(" ", "_") + "_int8_activations", flatbuffer,
+                                   Path(tmp), inputs=x_q, pack_activations=False)
+                row["device_arena_int8_activations"] = unpacked["arena_used"]
+                row["device_bit_exact"] &= unpacked["bit_exact"]
+            if label == "int8":  # TFLM's layout: no pool fused
+                unfused = measure("int8_unfused", flatbuffer, Path(tmp), inputs=x_q,
+                                  fuse_pools=False)
+                row["device_unfused"] = {k: unfused[k] for k in (
+                    "instructions", "arena_used", "ram_used", "flash", "bit_exact")}
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "what"}), flush=True)
     write(results, float_acc, args)
@@ -131,26 +145,43 @@ def write(results, float_acc, args):
         "accuracy on 10,000 test images; QAT-vs-TFLite top-1 agreement; codes: the most "
         "distinct values of any low-bit activation tensor over the test images (TFLM host "
         "reference). Device: QEMU `-icount shift=0`, packed weights, tflq kernels, "
-        "bit-exact with the host reference. Activations are stored as int8 in the arena "
-        "(packing them is not built yet), so the arena does not shrink.",
+        "bit-exact with the host reference (both firmwares of each row). Arena used: "
+        "low-bit activations stored as k-bit codes and max-pools fused into the convs; "
+        "beside it the same model's firmware with int8 activations "
+        "(`pack_activations=False`), and the ratio to the int8 row's arena.",
         "",
         "| scheme | what | A bits | accuracy | vs float | agreement | codes | weight bytes "
-        "| instructions / inference | arena used | RAM used | bit-exact |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| instructions / inference | arena used | arena, int8 activations | arena vs int8 "
+        "| RAM used | bit-exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "refused" in r:
             lines.append(f"| {r['scheme']} | {r['what']} | | refused: {r['refused']} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | | |")
             continue
+        ratio = f"{100 * r['device_arena_used'] / int8['device_arena_used']:.0f}%" if int8 else ""
         lines.append(
             f"| {r['scheme']} | {r['what']} | {r['activation_bits']} | {100 * r['accuracy']:.2f} "
             f"| {100 * (r['accuracy'] - float_acc):+.2f} | {100 * r['agreement']:.2f} "
             f"| {r['max_codes'] if r['max_codes'] is not None else '-'} | {r['weight_bytes']:,} "
             f"| {r['device_instructions']:,} | {r['device_arena_used']:,} "
+            f"| {r['device_arena_int8_activations']:,} | {ratio} "
             f"| {r['device_ram_used']:,} | {'yes' if r['device_bit_exact'] else 'NO'} |")
     if int8:
-        lines += ["", f"int8 reference: {int8['device_instructions']:,} instructions, "
-                      f"arena {int8['device_arena_used']:,} B."]
+        u = int8["device_unfused"]
+        lines += ["", f"int8 firmware: {int8['device_instructions']:,} instructions, arena "
+                      f"{int8['device_arena_used']:,} B, flash {int8['device_flash']:,} B. "
+                      f"Without fused pools (`fuse_pools=False`, TFLM's layout: every "
+                      f"conv output stored before its pool): {u['instructions']:,} "
+                      f"instructions, arena {u['arena_used']:,} B, flash {u['flash']:,} B"
+                      f"{'' if u['bit_exact'] else ' (NOT bit-exact)'}."]
+        for r in results:
+            if r.get("activation_bits", 8) < 8:
+                lines.append(f"- {r['scheme']}: arena {r['device_arena_used']:,} B = "
+                             f"{100 * r['device_arena_used'] / u['arena_used']:.0f}% of the "
+                             f"unfused int8 firmware's, "
+                             f"{100 * r['device_arena_used'] / int8['device_arena_used']:.0f}% "
+                             "of the fused one's.")
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -73,11 +73,12 @@ def _pool_geometry(model, op) -> tuple | None:
 
 
 def plan(model, layers: dict, packed_ops: set, code_bits: dict,
-         int8_pools: bool = False) -> ActivationPlan:
+         int8_pools: bool = False, pack_activations: bool = True) -> ActivationPlan:
     """The plan for ``model`` (schema object API, not modified). ``layers``: op index ->
     ``packing.Layer`` or why not (every FC / CONV_2D / DEPTHWISE_CONV_2D); ``packed_ops``:
     the op indices packed for their weights; ``code_bits``: ``packing.input_code_bits``.
-    ``int8_pools``: also fuse pools into int8 layers (made TFLQ_PACKED int8 rows)."""
+    ``int8_pools``: also fuse pools into int8 layers (made TFLQ_PACKED int8 rows);
+    ``pack_activations`` False: no packed tensors (to measure what they save)."""
     sg = model.subgraphs[0]
     names = [fb.op_name(model, op) for op in sg.operators]
     producer = {int(t): i for i, op in enumerate(sg.operators) for t in op.outputs}
@@ -117,7 +118,7 @@ def plan(model, layers: dict, packed_ops: set, code_bits: dict,
         return found, views
 
     pools, packed, views, forced = {}, {}, {}, set()
-    for t, k in code_bits.items():
+    for t, k in code_bits.items() if pack_activations else ():
         if t in io or t not in producer:
             continue
         p = producer[t]

@@ -102,7 +102,7 @@ def plan(flatbuffer: bytes, kernels: str = "tflq",
     if rv32:
         parts.append(f"tflq rv32 int8 kernels for {', '.join(rv32)}")
     if packed:
-        parts.append(f"{names.count(packing.CUSTOM_CODE)} packed low-bit layer(s) (TFLQ_PACKED)")
+        parts.append(f"{names.count(packing.CUSTOM_CODE)} TFLQ_PACKED layer(s)")
     if not parts:
         parts.append("TFLM reference kernels")
     note = "; ".join(parts + notes)

@@ -87,19 +87,21 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
                      overwrite: bool = False, model_name: str | None = None,
                      pack: bool | None = None, kernels: str = "tflq",
                      model_in_ram: bool = False, eval_images=None, eval_labels=None,
-                     feature: str | None = None, fuse_pools: bool | None = None) -> Project:
+                     feature: str | None = None, fuse_pools: bool | None = None,
+                     pack_activations: bool = True) -> Project:
     """Writes a TFLM firmware project for ``flatbuffer`` into ``out_dir``; returns the
     ``Project`` (its path, and every decision: kernels, packing, budget).
 
     ``pack``: rewrite FC / CONV_2D / DEPTHWISE_CONV_2D layers whose weights take <= 4
     bits into TFLQ_PACKED ops (``converters.packing``); None (default) packs when at
     least one layer is eligible, False never. Packing also stores low-bit activations
-    between packed layers as k-bit codes and fuses max-pools into packed layers
-    (``converters.activation_plan``); ``fuse_pools`` fuses them into int8 layers
-    too, as TFLQ_PACKED int8 rows (None, the default: with tflq's kernels, not with
-    TFLM's reference ones): the demo CNN's int8 arena goes from 9,260 to
-    3,164 B and it runs 4.8% fewer instructions (benchmarks/activations.py). ``kernels``: "tflq" runs the remaining
-    int8 FC / CONV_2D / DEPTHWISE_CONV_2D on tflq's rv32 kernels, "reference" on TFLM's.
+    between packed layers as k-bit codes (``pack_activations`` False: every activation
+    stays int8) and fuses max-pools into packed layers (``converters.activation_plan``).
+    ``fuse_pools`` fuses them into int8 layers too, as TFLQ_PACKED int8 rows (None, the
+    default: with tflq's kernels, not with TFLM's reference ones): the demo CNN's int8
+    arena goes from 9,260 to 3,164 B, with 4.8% fewer instructions. ``kernels``:
+    "tflq" runs the remaining int8 FC / CONV_2D / DEPTHWISE_CONV_2D on tflq's rv32
+    kernels, "reference" on TFLM's.
     Which layers were packed, and why the others were not, is logged and written
     into the project's README.
 
@@ -137,7 +139,8 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     int8_flatbuffer, packed_ops = flatbuffer, []
     if pack is not False:
         fuse = kernels == "tflq" if fuse_pools is None else fuse_pools
-        candidate, packed_ops = packing.pack_model(flatbuffer, int8_pools=fuse)
+        candidate, packed_ops = packing.pack_model(flatbuffer, int8_pools=fuse,
+                                                   pack_activations=pack_activations)
         if any(p.encoding for p in packed_ops):
             flatbuffer = candidate
     variant = None

@@ -197,13 +197,15 @@ def input_code_bits(model) -> dict:
     return found
 
 
-def pack_model(flatbuffer: bytes, int8_pools: bool = False) -> tuple[bytes, list[PackedOp]]:
+def pack_model(flatbuffer: bytes, int8_pools: bool = False,
+               pack_activations: bool = True) -> tuple[bytes, list[PackedOp]]:
     """Rewrites eligible operators to TFLQ_PACKED; returns (flatbuffer, one PackedOp each).
 
     Then ``converters.activation_plan`` decides which max-pools are fused into the
     packed layers and which low-bit activations are stored as k-bit codes; layers that
     read or write those become TFLQ_PACKED too, with int8 rows where their weights are
-    not low-bit. ``int8_pools``: fuse max-pools into int8 layers too (int8 rows).
+    not low-bit. ``int8_pools``: fuse max-pools into int8 layers too (int8 rows);
+    ``pack_activations`` False: every activation stays int8.
 
     An operator is eligible when it is an int8 FC / CONV_2D / DEPTHWISE_CONV_2D whose
     weights take <= 4 bits (``choose_encoding``) and whose blob is smaller than its int8
@@ -248,7 +250,8 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False) -> tuple[bytes, list
                            f"int8 weights + bias ({int8_bytes[index]} B)")
             continue
         encodings[index] = enc
-    plan = activation_plan.plan(model, layers, set(encodings), code_bits, int8_pools)
+    plan = activation_plan.plan(model, layers, set(encodings), code_bits, int8_pools,
+                                pack_activations)
     pool_names = {i: fb.tensor(model, ops[p].outputs[0]).name for i, (p, _) in plan.pools.items()}
     activation_plan.apply(model, plan, layers)
     report, custom_index = [], None

@@ -57,15 +57,30 @@ def test_low_bit_activation_firmware_is_bit_exact(scheme, trained_conv_bn, digit
     inputs = tflq.io_quantization(flatbuffer)[0].quantize(x_test[:32])
     name = scheme if isinstance(scheme, str) else "w2a2"
     project = micro_project.generate_project(flatbuffer, tmp_path / name, test_inputs=inputs)
-    # conv2 reads conv1's low-bit codes through the max-pool: the bit-serial kernel where
+    # conv2 reads conv1's low-bit codes: the bit-serial kernel where
     # it is the faster one (W1A1, W2A2), the bit-plane kernel for W4A4 (16 popcounts a word).
     serial = [p for p in project.packing if p.encoding and "bit-serial" in p.encoding]
     assert [p.op for p in serial] == ([] if name == "fixed_net4" else ["CONV_2D"]), \
         project.packing_lines
+    # Packed activations: conv1 (int8 rows) writes k-bit codes, conv2 reads and writes
+    # them, the logits read them through the Flatten (dropped: same order).
+    bits = {"binary_net": 1, "w2a2": 2, "fixed_net4": 4}[name]
+    by_op = [(p.op, p.in_bits, p.out_bits) for p in project.packing]
+    assert by_op == [("CONV_2D", 0, bits), ("CONV_2D", bits, bits),
+                     ("FULLY_CONNECTED", bits, 0)], project.packing_lines
+    for p in project.packing[:2]:
+        assert p.out_bytes[1] == -(-p.out_bytes[0] * bits // 8)
     run = build_and_run(project)
     assert run.exit_code == 0, run.tail()
     firmware_run.check_bit_exact(run, inputs)
     assert np.array_equal(run.outputs, tflm_host.predict(flatbuffer, inputs))
+    # The arena shrinks on the device: below the same firmware's with int8 activations
+    # (its ILP32 host figure, which is the device's: test_firmware_qemu).
+    unpacked = micro_project.generate_project(flatbuffer, tmp_path / f"{name}_int8_activations",
+                                              test_inputs=inputs, pack_activations=False)
+    assert all(p.out_bits == 0 for p in unpacked.packing)
+    assert run.arena_bytes == project.budget.host_arena
+    assert run.arena_bytes < unpacked.budget.host_arena, (run.arena_bytes, unpacked.budget)
     for a in found:
         codes = np.unique(tflm_host.predict(fb.cut_at(flatbuffer, a.tensor), inputs))
         assert a.codes[0] <= codes.min() and codes.max() <= a.codes[1], (a, codes)

@@ -89,9 +89,29 @@ INLINE uint32_t get_code(const uint8_t* t, size_t e, int s) {
   return ((uint32_t)t[bit >> 3] >> (bit & 7)) & ((1u << s) - 1);
 }
 
-/* Values e .. e + count - 1 of a packed tensor whose codes start at `low`. */
+/* Whole bytes of s-bit codes (8 / s per byte), s a constant in each caller. */
+INLINE int unpack_bytes(const uint8_t* p, int count, const int s, int low, int8_t* dst) {
+  const int per = 8 / s;
+  int i = 0;
+  for (; i + per <= count; i += per, ++p) {
+    uint32_t b = *p;
+    for (int j = 0; j < per; ++j, b >>= s) dst[i + j] = (int8_t)(low + (int)(b & ((1u << s) - 1)));
+  }
+  return i;
+}
+
+/* Values e .. e + count - 1 of a packed tensor whose codes start at `low`: a byte at a
+ * time from a byte boundary, the rest one code at a time. */
 static void unpack_values(const uint8_t* t, size_t e, int count, int s, int low, int8_t* dst) {
-  for (int i = 0; i < count; ++i) dst[i] = (int8_t)(low + (int)get_code(t, e + i, s));
+  int i = 0;
+  const size_t bit = e * (size_t)s;
+  if ((bit & 7) == 0) {
+    const uint8_t* p = t + (bit >> 3);
+    if (s == 1) i = unpack_bytes(p, count, 1, low, dst);
+    else if (s == 2) i = unpack_bytes(p, count, 2, low, dst);
+    else i = unpack_bytes(p, count, 4, low, dst);
+  }
+  for (; i < count; ++i) dst[i] = (int8_t)(low + (int)get_code(t, e + i, s));
 }
 
 /* The pool outputs [*first, *last] along one axis whose window holds input i. */
