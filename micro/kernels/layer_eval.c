@@ -572,9 +572,11 @@ static void vector_layer(const tflq_layer_t* l, const int8_t* x, int8_t* out, vo
   }
 }
 
-static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch) {
+/* One loop per (packed input, row buffer) pair: int8 layers keep their loop as it was. */
+INLINE void conv_loop(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch,
+                      const int packed_in, const int use_row) {
   const int padded = (l->depth + 7) & ~7;
-  int8_t* row = uses_row_buffer(l) ? (int8_t*)scratch : NULL;
+  int8_t* row = use_row ? (int8_t*)scratch : NULL;
   int8_t* patch = (int8_t*)scratch + (row ? (l->out_channels + 3) & ~3 : 0);
   void* rest = (uint8_t*)patch + padded;
   const int8_t zero_point = (int8_t)(-l->input_offset);
@@ -591,7 +593,7 @@ static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void
           const int ix = ox * l->stride_w - l->pad_left + kx * l->dilation_w;
           if (iy >= 0 && iy < l->in_h && ix >= 0 && ix < l->in_w) {
             const size_t e = ((size_t)iy * l->in_w + ix) * cin;
-            if (s_in)
+            if (packed_in)
               unpack_values(in, e, cin, s_in, in_low, dst);
             else
               memcpy(dst, in + e, (size_t)cin);
@@ -600,7 +602,7 @@ static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void
           }
         }
       }
-      if (row) {
+      if (use_row) {
         vector_layer(l, patch, row, rest);
         emit(l, oy, ox, row, 0, l->out_channels, output);
       } else {
@@ -608,6 +610,15 @@ static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void
         out += l->out_channels;
       }
     }
+  }
+}
+
+static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch) {
+  switch ((l->in_packed != 0) * 2 + uses_row_buffer(l)) {
+    case 0: conv_loop(l, in, output, scratch, 0, 0); break;
+    case 1: conv_loop(l, in, output, scratch, 0, 1); break;
+    case 2: conv_loop(l, in, output, scratch, 1, 0); break;
+    default: conv_loop(l, in, output, scratch, 1, 1); break;
   }
 }
 
