@@ -89,6 +89,13 @@ def test_convert_with_low_bit_activations(trained_dir, tmp_path):
                   "--scheme=binary", "--activations=pact2", f"--output={out}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[4:8] == b"TFL3"
+    # The hidden layer's 2-bit codes are stored packed, unless asked not to.
+    for flag, packed in (([], True), (["--nopack_activations"], False)):
+        fw = tflq("micro", f"--tflite={out}", "--test_inputs=0", *flag,
+                  f"--output_dir={tmp_path / ('fw' + str(packed))}")
+        assert fw.returncode == 0, fw.stderr[-2000:]
+        assert ("writes 2-bit codes" in fw.stdout) == packed, fw.stdout
+        assert ("reads 2-bit codes" in fw.stdout) == packed, fw.stdout
     for args, says in ((["--scheme=pow2_net4"], "power-of-two activations cannot be exact"),
                        (["--activations=pow2"], "power-of-two activations cannot be exact"),
                        (["--activations=pact9"], "1 to 7 bits")):

@@ -7,8 +7,10 @@ qemu` prints one OUTPUT line per input and the STATS line. Errors come in this o
 not a valid model; an op or type the firmware lacks; does not fit the RAM; inputs that
 do not fit the model. FC / conv layers whose weights take <= 4 bits become packed
 TFLQ_PACKED ops (--pack=auto|on|off); the others run tflq's rv32 int8 kernels
-(--kernels=tflq) or TFLM's reference ones (--kernels=reference). The command prints
-how each layer was packed, or why it stays int8.
+(--kernels=tflq) or TFLM's reference ones (--kernels=reference). Low-bit activations
+between tflq layers are stored as k-bit codes (--nopack_activations: int8) and
+max-pools are fused into the convs before them (--nofuse_pools: TFLM's layout). The
+command prints how each layer was packed, or why it stays int8.
 """
 import os
 
@@ -40,6 +42,14 @@ _KERNELS = flags.DEFINE_enum(
     "int8 FC / CONV_2D / DEPTHWISE_CONV_2D kernels: tflq's rv32 ones or TFLM's reference.")
 
 
+_FUSE_POOLS = flags.DEFINE_bool(
+    "fuse_pools", True, "Fuse each MAX_POOL_2D into the conv before it (with --kernels=tflq): "
+    "the un-pooled tensor is never stored. --nofuse_pools keeps TFLM's layout.")
+_PACK_ACTIVATIONS = flags.DEFINE_bool(
+    "pack_activations", True, "Store low-bit activations between tflq layers as k-bit codes "
+    "in the arena. --nopack_activations keeps every activation int8.")
+
+
 def main():
     for flag in (_TFLITE, flags_common.OUTPUT_DIR):
         if not flag.value:
@@ -60,7 +70,9 @@ def main():
     out = micro_project.generate_project(flatbuffer, out_dir, board=_BOARD.value,
                                          test_inputs=inputs, model_name=name,
                                          overwrite=flags_common.OVERWRITE.value, pack=pack,
-                                         kernels=_KERNELS.value)
+                                         kernels=_KERNELS.value,
+                                         fuse_pools=None if _FUSE_POOLS.value else False,
+                                         pack_activations=_PACK_ACTIVATIONS.value)
     for line in out.packing_lines:
         print(line)
     if pack and not out.plan.packed:
