@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from tflq.converters import flatbuffer as fb
-from tflq.converters.packed_format import Layer, activation_bytes
+from tflq.converters.packed_format import Layer, activation_bytes, same_padding
 
 LAYER_NAMES = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
 _VIEWS = ("RESHAPE", "SQUEEZE")  # same values in the same order: no-ops on packed codes
@@ -63,7 +63,7 @@ def _pool_geometry(model, op) -> tuple | None:
     _, oh, ow, _ = y.shape
     kh, kw, sh, sw = o.filterHeight, o.filterWidth, o.strideH, o.strideW
     if o.padding == fb.schema.Padding.SAME:
-        pad = (max((oh - 1) * sh + kh - h, 0) // 2, max((ow - 1) * sw + kw - w, 0) // 2)
+        pad = (same_padding(h, oh, sh, kh), same_padding(w, ow, sw, kw))
     else:
         pad = (0, 0)
     geometry = (kh, kw, sh, sw, *pad, oh, ow)
@@ -125,9 +125,10 @@ def plan(model, layers: dict, packed_ops: set, code_bits: dict,
         pool = None
         if names[p] == "MAX_POOL_2D":  # through a pool fused into its producer
             source = producer.get(int(sg.operators[p].inputs[0]))
-            if source is None or fusable(source) is None or fusable(source)[0] != p:
+            pool = fusable(source) if source is not None else None
+            if pool is None or pool[0] != p:
                 continue
-            p, pool = source, fusable(source)
+            p = source
         elif names[p] not in LAYER_NAMES or not isinstance(layers.get(p), Layer):
             continue
         found = readers(t)
@@ -140,9 +141,7 @@ def plan(model, layers: dict, packed_ops: set, code_bits: dict,
             continue  # more than one batch: packed batches would not start on a byte
         if pool:
             pools[p] = pool
-        raw = sg.tensors[t].name
-        packed[t] = PackedTensor(raw.decode(errors="replace") if raw else f"tensor {t}", k,
-                                 values, activation_bytes(values, k))
+        packed[t] = PackedTensor(fb.tensor(model, t).name, k, values, activation_bytes(values, k))
         views.update({j: t for j in found[1]})
         forced |= {p, *found[0]}
     for i in sorted(set(packed_ops) | forced | (set(layers) if int8_pools else set())):

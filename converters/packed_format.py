@@ -121,6 +121,12 @@ def input_low(in_bits: int) -> int:
     return 128 - (1 << in_bits)
 
 
+def same_padding(size: int, out: int, stride: int, kernel: int, dilation: int = 1) -> int:
+    """TFLite's SAME padding before the first row / column (ComputePaddingHeightWidth)."""
+    effective = (kernel - 1) * dilation + 1
+    return max((out - 1) * stride + effective - size, 0) // 2
+
+
 def store_bits(k: int) -> int:
     """Bits per code of a packed activation tensor of k-bit codes (3 is stored in 4,
     so no code straddles a byte); 0: int8."""

@@ -21,6 +21,7 @@ from tflq.converters import flatbuffer as fb
 from tflq.converters.packed_format import (  # noqa: F401
     CUSTOM_CODE, FMT_BITSERIAL, FMT_INT8, FMT_LUT, FMT_PLANES, FORMAT_NAMES, HEADER, MAX_BITS,
     OP_CONV, OP_DEPTHWISE, OP_FC, OP_NAMES, Encoding, Layer, bias_eff, bit_serial,
+    same_padding as _same_padding,
     choose_encoding, estimated_per_mac, input_low, pack, reference, scratch_bytes, thresholds,
     unpack)
 from tflq.converters.requantize import quantize_multiplier
@@ -56,11 +57,6 @@ def _activation_range(act: int, scale: float, zero_point: int) -> tuple[int, int
     if act == A.RELU_N1_TO_1:
         return max(-128, q(-1.0)), min(127, q(1.0))
     raise TflqError(f"fused activation {act} cannot be packed")
-
-
-def _same_padding(size: int, out: int, stride: int, kernel: int, dilation: int) -> int:
-    effective = (kernel - 1) * dilation + 1
-    return max((out - 1) * stride + effective - size, 0) // 2
 
 
 def layer_of_op(model, op) -> Layer | str:
@@ -227,8 +223,7 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
         name = fb.op_name(model, op)
         if name not in activation_plan.LAYER_NAMES:
             continue
-        raw_name = sg.tensors[op.outputs[0]].name
-        out_names[index] = raw_name.decode(errors="replace") if raw_name else f"tensor {op.outputs[0]}"
+        out_names[index] = fb.tensor(model, op.outputs[0]).name
         const_inputs = [i for i in op.inputs[1:3] if i >= 0]
         int8_bytes[index] = sum(len(model.buffers[sg.tensors[i].buffer].data)
                                 for i in const_inputs

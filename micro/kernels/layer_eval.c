@@ -84,6 +84,9 @@ size_t tflq_scratch_bytes(const tflq_layer_t* l) {
 
 INLINE int store_bits(int packed) { return packed == 3 ? 4 : packed; }
 
+/* The value of code 0 of a packed tensor of k-bit codes (128 - 2^k). */
+INLINE int packed_low(int packed) { return 128 - (1 << packed); }
+
 INLINE uint32_t get_code(const uint8_t* t, size_t e, int s) {
   const size_t bit = e * (size_t)s;
   return ((uint32_t)t[bit >> 3] >> (bit & 7)) & ((1u << s) - 1);
@@ -581,7 +584,7 @@ INLINE void conv_loop(const tflq_layer_t* l, const uint8_t* in, uint8_t* output,
   void* rest = (uint8_t*)patch + padded;
   const int8_t zero_point = (int8_t)(-l->input_offset);
   const int cin = l->in_c, s_in = store_bits(l->in_packed);
-  const int in_low = 128 - (1 << l->in_packed);
+  const int in_low = packed_low(l->in_packed);
   memset(patch, 0, (size_t)padded);
   int8_t* out = (int8_t*)output;
   for (int oy = 0; oy < l->out_h; ++oy) {
@@ -625,7 +628,7 @@ static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void
 static void depthwise(const tflq_layer_t* l, const uint8_t* in, uint8_t* output) {
   const int taps = l->kh * l->kw, channels = l->out_channels, cin = l->in_c;
   const int32_t zero_point = -l->input_offset;
-  const int s_in = store_bits(l->in_packed), in_low = 128 - (1 << l->in_packed);
+  const int s_in = store_bits(l->in_packed), in_low = packed_low(l->in_packed);
   const int direct = !l->out_packed && !l->pool_kh;
   for (int c = 0; c < channels; ++c) {
     int8_t w[64]; /* one channel's taps, at most 64 (checked) */
@@ -663,7 +666,7 @@ static void fully_connected(const tflq_layer_t* l, const uint8_t* in, uint8_t* o
   int8_t* x = (int8_t*)scratch + (row ? (l->out_channels + 3) & ~3 : 0);
   void* rest = x;
   if (l->in_packed) {
-    unpack_values(in, 0, l->depth, store_bits(l->in_packed), 128 - (1 << l->in_packed), x);
+    unpack_values(in, 0, l->depth, store_bits(l->in_packed), packed_low(l->in_packed), x);
     rest = (uint8_t*)x + ((l->depth + 7) & ~7);
   } else {
     x = (int8_t*)in;
