@@ -16,11 +16,12 @@ import dataclasses
 import json
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from tflq.converters import tflm, tflm_host, toolchain
+from tflq.converters import flash_reads, tflm, tflm_host, toolchain
 from tflq.errors import TflqError
 
 QEMU_ELF = "build/hifive1-reva-qemu/firmware.elf"
@@ -42,6 +43,7 @@ class DeviceRun:
     outputs: np.ndarray | None  # (inputs, output values) int64, in input order; None if none
     preds: np.ndarray | None  # (images, 3): k, label, argmax (accuracy firmware)
     stats: dict[str, int]  # STATS and FEATURES fields
+    flash: flash_reads.FlashReads | None = None  # per inference, if run with flash=True
 
     @property
     def elf(self) -> Path:
@@ -69,12 +71,24 @@ def build(project: Path, jobs: int = 2) -> Path:
     return Path(project) / QEMU_ELF
 
 
-def run(project: Path, timeout_s: float = 600, build_first: bool = True) -> DeviceRun:
-    """Builds (unless told not to) and runs the project's QEMU firmware; parses its output."""
+def run(project: Path, timeout_s: float = 600, build_first: bool = True,
+        flash: bool = False) -> DeviceRun:
+    """Builds (unless told not to) and runs the project's QEMU firmware; parses its output.
+
+    ``flash``: also count the data loads each inference makes from SPI flash
+    (``flash_reads``; QEMU runs with the counting plugin, a few times slower)."""
     project = Path(project)
     if build_first:
         build(project)
-    result = toolchain.run_qemu(project / QEMU_ELF, timeout_s)
+    flash_result = None
+    if flash:
+        with tempfile.TemporaryDirectory(prefix="tflq-flash-") as tmp:
+            log = Path(tmp) / "flash_reads.txt"
+            result = toolchain.run_qemu(project / QEMU_ELF, timeout_s, flash_reads.qemu_args(log))
+            flash_result = flash_reads.parse(log.read_text() if log.exists() else "",
+                                             str(project / QEMU_ELF))
+    else:
+        result = toolchain.run_qemu(project / QEMU_ELF, timeout_s)
     text = result.uart_text
     found = {int(m.group(1)): [int(v) for v in m.group(2).split()] for m in _OUTPUT.finditer(text)}
     outputs = None
@@ -89,7 +103,7 @@ def run(project: Path, timeout_s: float = 600, build_first: bool = True) -> Devi
     for m in re.finditer(r"^FEATURES (.*)$", text, re.M):
         stats.update({k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))})
     return DeviceRun(project, text, result.exit_code, outputs,
-                     np.array(preds, np.int64) if preds else None, stats)
+                     np.array(preds, np.int64) if preds else None, stats, flash_result)
 
 
 def project_info(project: Path) -> dict:

@@ -59,7 +59,7 @@ def _cxx() -> str:
     return cxx
 
 
-def _cc() -> str:
+def host_cc() -> str:
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         raise TflqError("no host C compiler (cc/gcc): apt-get install gcc")
@@ -194,7 +194,7 @@ def _build(root: Path, plan: firmware_kernels.KernelPlan, target: _Target) -> Pa
             obj = src / f"{len(own)}.o"
             own.append(str(obj))
             if path.suffix == ".c":
-                cmd = [_cc(), "-std=c11", *target.flags, tflm.KERNEL_OPT, *include]
+                cmd = [host_cc(), "-std=c11", *target.flags, tflm.KERNEL_OPT, *include]
             else:
                 cmd = [_cxx(), *_cxx_flags(target), tflm.KERNEL_OPT, *include,
                        '-DTFLQ_HOST_OPS_H="tflq_host_ops.h"']

@@ -142,17 +142,19 @@ class QemuResult:
     exit_code: int
 
 
-def qemu_command(elf_path: str | os.PathLike) -> list[str]:
-    """The QEMU command line run_qemu uses, for running firmware by hand."""
+def qemu_command(elf_path: str | os.PathLike, extra: tuple[str, ...] = ()) -> list[str]:
+    """The QEMU command line run_qemu uses, for running firmware by hand (``extra``: more
+    options, e.g. a ``-plugin``)."""
     # -icount shift=0: minstret/mcycle count retired instructions exactly.
     # -monitor none -serial stdio: stdout carries UART0 alone and stdin is not
     # parsed for monitor escapes (CI has no terminal).
     return [find_qemu(), "-M", "sifive_e", "-nographic", "-monitor", "none",
             "-serial", "stdio", "-semihosting-config", "enable=on,target=native",
-            "-icount", "shift=0", "-kernel", str(elf_path)]
+            "-icount", "shift=0", *extra, "-kernel", str(elf_path)]
 
 
-def run_qemu(elf_path: str | os.PathLike, timeout_s: float = 120.0) -> QemuResult:
+def run_qemu(elf_path: str | os.PathLike, timeout_s: float = 120.0,
+             extra: tuple[str, ...] = ()) -> QemuResult:
     """Runs an ELF on QEMU's sifive_e (HiFive1 Rev A) until it exits through semihosting.
 
     The firmware must be linked for hifive1-reva and built with -DTFLQ_SEMIHOSTING=1,
@@ -161,7 +163,7 @@ def run_qemu(elf_path: str | os.PathLike, timeout_s: float = 120.0) -> QemuResul
     """
     if not Path(elf_path).is_file():
         raise TflqError(f"{elf_path}: no such firmware ELF.")
-    command = qemu_command(elf_path)
+    command = qemu_command(elf_path, extra)
     # Output goes to files, not pipes, so a killed run still leaves what it printed.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tflq.converters import toolchain
+from tflq.converters import flash_reads, toolchain
 from tflq.converters.toolchain import FE310_DIR
 from tflq.errors import TflqError
 
@@ -219,3 +219,36 @@ def test_missing_cxx_headers_name_the_debian_package(tc, monkeypatch, tmp_path):
             toolchain.find_toolchain()
     finally:
         toolchain.find_toolchain.cache_clear()
+
+
+def test_flash_reads_are_counted_as_the_flash_controller_serves_them(tc, tmp_path):
+    # 1,000 byte loads in a row (the first one isolated, the rest sequential), then 64
+    # word loads 64 bytes apart (each isolated), all from .rodata in flash.
+    src = ("flash.c",
+           '#include <stdint.h>\n#include "perf.h"\n'
+           'static const uint8_t bytes[1000] = {1, 2, 3};\n'
+           'static const uint32_t words[16 * 64] = {4, 5, 6};\n'
+           'volatile uint32_t sink;\n'
+           'int main(void) {\n'
+           '  uint32_t sum = 0;\n'
+           '  TFLQ_FLASH_WINDOW(1);\n'
+           '  for (int i = 0; i < 1000; ++i) sum += ((const volatile uint8_t *)bytes)[i];\n'
+           '  for (int i = 0; i < 64; ++i)\n'
+           '    sum += ((const volatile uint32_t *)words)[16 * i + 1];\n'
+           '  TFLQ_FLASH_WINDOW(0);\n'
+           '  sink = sum;\n'
+           '  return 0;\n}\n')
+    elf = build(tc, tmp_path, [src], includes=[f"-I{FE310_DIR}"])
+    assert 0x20000000 <= symbol(tc, elf, "bytes") < 0x40000000  # the arrays are in flash
+    log = tmp_path / "flash.txt"
+    result = toolchain.run_qemu(elf, timeout_s=60, extra=flash_reads.qemu_args(log))
+    assert result.exit_code == 0
+    reads = flash_reads.parse(log.read_text())
+    assert reads == flash_reads.FlashReads(windows=1, loads=1064, bytes=1000 + 64 * 4,
+                                           seq_bytes=999, nonseq_loads=1 + 64)
+    assert reads.silicon_cycles(10) == 10 + 64 * 999 + 500 * 65
+
+
+def test_flash_reads_without_a_window_is_one_clear_error():
+    with pytest.raises(TflqError, match="fw.elf: the flash-read plugin saw no measured window"):
+        flash_reads.parse("", "fw.elf")

@@ -67,9 +67,11 @@ int main() {
   uint64_t instructions = 0;
   for (int k = 0; k < kNumTestInputs; ++k) {
     memcpy(input->data.int8, g_test_inputs[k], kTestInputBytes);
+    TFLQ_FLASH_WINDOW(1);
     const uint32_t start = tflq_read_minstret32();
     TF_LITE_ENSURE_STATUS(interpreter.Invoke());
     instructions += tflq_read_minstret32() - start;
+    TFLQ_FLASH_WINDOW(0);
     PrintOutput(k, output);
   }
 

@@ -98,9 +98,11 @@ int main() {
     memcpy(input->data.int8, g_eval_images[k], kEvalImageBytes);
 #endif
     feature_instructions += tflq_read_minstret32() - start;
+    TFLQ_FLASH_WINDOW(1);
     start = tflq_read_minstret32();
     TF_LITE_ENSURE_STATUS(interpreter.Invoke());
     instructions += tflq_read_minstret32() - start;
+    TFLQ_FLASH_WINDOW(0);
     const int predicted = ArgMax(output);
     correct += predicted == g_eval_labels[k];
     printf("PRED %d %d %d\n", k, g_eval_labels[k], predicted);

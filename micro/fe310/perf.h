@@ -60,6 +60,16 @@ static inline uint32_t tflq_read_mcycle32(void) {
   return v;
 }
 
+/*
+ * Brackets a region whose data loads from SPI flash micro/qemu/flash_reads.c (a QEMU
+ * plugin) counts: TFLQ_FLASH_WINDOW(1) opens it, TFLQ_FLASH_WINDOW(0) closes it. The
+ * value is the immediate of `csrwi mscratch`, which nothing else here uses; one
+ * instruction each, so place them outside a minstret interval.
+ */
+#define TFLQ_FLASH_WINDOW(open)                                             \
+  __asm__ volatile(".option push\n.option arch, +zicsr\ncsrwi mscratch, " #open \
+                   "\n.option pop" ::: "memory")
+
 /* Stack region from the linker script (fe310_sections.ld). */
 extern uint32_t __tflq_stack_bottom[];
 extern uint32_t __stack[];
