@@ -15,7 +15,8 @@ import tflq  # noqa: E402,F401  -- before TensorFlow
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tflq.converters import firmware_kernels, firmware_run, micro_project, tflm_host  # noqa: E402
+from tflq.converters import firmware_kernels, firmware_run, flash_reads, micro_project  # noqa: E402,E501
+from tflq.converters import tflm_host  # noqa: E402
 from tflq.converters import flatbuffer as fb  # noqa: E402
 
 NUM_INPUTS = 8
@@ -64,7 +65,7 @@ def measure(name: str, flatbuffer: bytes, workdir: Path, inputs=None, **generate
         inputs = np.random.default_rng(1).integers(-128, 128, (NUM_INPUTS, *shape), dtype=np.int8)
     project = micro_project.generate_project(flatbuffer, workdir / name, test_inputs=inputs,
                                              **generate)
-    run = firmware_run.run(project, timeout_s=900)
+    run = firmware_run.run(project, timeout_s=900, flash=True)
     if run.exit_code != 0:
         raise RuntimeError(f"{name}: firmware exited {run.exit_code}:\n{run.tail()}")
     # Bit-exact twice: the host build of the same model and kernels, and TFLM's
@@ -91,4 +92,24 @@ def measure(name: str, flatbuffer: bytes, workdir: Path, inputs=None, **generate
         "ram_total": budget.stack + ram_static,
         "ram_used": int(stats["arena_bytes"]) + int(stats["stack_bytes"]) + ram_static - budget.arena,
         "bit_exact": exact, "readme": (project / "README.md").read_text(),
+        # Data loads from SPI flash per inference (converters/flash_reads.py) and the
+        # silicon time they imply.
+        "flash_read_bytes": run.flash.bytes, "flash_seq_bytes": run.flash.seq_bytes,
+        "flash_nonseq_loads": run.flash.nonseq_loads,
+        "est_cycles": run.flash.silicon_cycles(instructions),
     }
+
+
+FLASH_NOTE = [
+    "*Flash read*: bytes the inference loads from SPI flash (weights and constants), counted",
+    "by the QEMU plugin `micro/qemu/flash_reads.c`; *non-seq.*: loads that do not continue",
+    "the previous flash load, each paying the SPI command and address. *Est. cycles*: "
+    + flash_reads.ESTIMATE + ".",
+]
+
+
+def flash_cells(row: dict, weights: int | None = None) -> str:
+    """Table cells: flash bytes read (and per weight byte), non-seq. loads, est. cycles."""
+    weights = row["weight_bytes"] if weights is None else weights
+    return (f"{row['flash_read_bytes']:,.0f} ({row['flash_read_bytes'] / weights:.2f}x) | "
+            f"{row['flash_nonseq_loads']:,.0f} | {row['est_cycles']:,.0f}")

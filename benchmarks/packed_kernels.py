@@ -3,11 +3,12 @@
 Two tables, every row a generated firmware built with real TFLM and run in
 `qemu-system-riscv32 -M sifive_e -icount shift=0` (minstret around Invoke(), mean over
 8 inputs), every row checked bit for bit against TFLM's host interpreter on the int8
-model:
+model. Every row also counts the bytes the inference reads from SPI flash and estimates
+its time on silicon (``benchmarks/_firmware.py``: FLASH_NOTE):
 
-1. Layers of realistic size (>= 64 channels): FC 128 -> 128 and CONV_2D 3x3, 16 -> 64
+1. Layers of realistic size (>= 32 channels): FC 128 -> 128 and CONV_2D 3x3, 16 -> 64
    channels on 8x8, weights drawn from each codebook (instruction counts do not depend
-   on training).
+   on training); int8 DEPTHWISE_CONV_2D 3x3 with 32 and 64 channels on 8x8.
 2. Fashion-MNIST MLP (784-50-10) and the demo CNN, trained: float, then QAT per scheme
    with every layer low-bit; TFLite int8 accuracy on the 10,000 test images.
 
@@ -19,7 +20,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from _firmware import int8_flatbuffer, measure  # sets sys.path, imports tflq first
+from _firmware import FLASH_NOTE, flash_cells, int8_flatbuffer, measure  # sets sys.path, imports tflq first
 
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
@@ -50,26 +51,35 @@ L = keras.layers
 
 
 def layer_models():
-    return {
-        "FC 128->128": keras.Sequential([L.InputLayer((128,)), L.Dense(128)]),
-        "CONV_2D 3x3 16->64 on 8x8": keras.Sequential([
-            L.InputLayer((8, 8, 16)), L.Conv2D(64, 3, padding="same")]),
+    """Benchmark layers: name -> (Keras model, whether its weights are also packed)."""
+    layers = {
+        "FC 128->128": (keras.Sequential([L.InputLayer((128,)), L.Dense(128)]), True),
+        "CONV_2D 3x3 16->64 on 8x8": (keras.Sequential([
+            L.InputLayer((8, 8, 16)), L.Conv2D(64, 3, padding="same")]), True),
     }
+    # int8 only: tflq packs no depthwise weights.
+    layers.update({f"DEPTHWISE 3x3 x{c} on 8x8": (keras.Sequential([
+        L.InputLayer((8, 8, c)), L.DepthwiseConv2D(3, padding="same")]), False)
+        for c in (32, 64)})
+    return layers
 
 
 def layer_rows(workdir):
     rows = []
-    for name, model in layer_models().items():
+    for name, (model, packed) in layer_models().items():
         flatbuffer = int8_flatbuffer(model)
         variants = [("TFLM reference int8", flatbuffer, dict(kernels="reference", pack=False)),
                     ("tflq int8", flatbuffer, dict(kernels="tflq", pack=False))]
-        variants += [(label, packing.with_weight_levels(flatbuffer, levels), {})
-                     for label, levels in LAYER_CODEBOOKS.items()]
+        for label, levels in LAYER_CODEBOOKS.items() if packed else ():
+            fbuf = packing.with_weight_levels(flatbuffer, levels)
+            variants += [(label, fbuf, {}),
+                         (f"{label}, weights in flash", fbuf, dict(weights_in_ram=False))]
         for i, (label, fbuf, generate) in enumerate(variants):
             row = measure(f"layer{len(rows)}", fbuf, workdir, **generate)
-            rows.append(dict(row, layer=name, variant=label))
+            rows.append(dict(row, layer=name, variant=label + _in_ram(row)))
             print(f"{name:28s} {label:40s} {row['per_mac']:6.2f} instr/MAC "
-                  f"{row['weight_bytes']:7,} B weights  bit-exact={row['bit_exact']}")
+                  f"{row['weight_bytes']:7,} B weights {row['flash_read_bytes']:9,.0f} B read "
+                  f"{row['est_cycles']:11,.0f} est. cycles bit-exact={row['bit_exact']}")
     return rows
 
 
@@ -101,11 +111,22 @@ def model_rows(workdir):
         for label, flatbuffer, accuracy, generate in variants:
             inputs = tflq.io_quantization(flatbuffer)[0].quantize(x_test[:8])
             row = measure(f"{arch}{len(rows)}", flatbuffer, workdir, inputs=inputs, **generate)
-            rows.append(dict(row, arch=arch, variant=label, accuracy=accuracy))
+            rows.append(dict(row, arch=arch, variant=label + _in_ram(row), accuracy=accuracy))
             print(f"{arch:4s} {label:32s} acc={accuracy:.4f} {row['per_mac']:6.2f} instr/MAC "
                   f"{row['instructions']:,} instr {row['weight_bytes']:,} B "
+                  f"{row['flash_read_bytes']:,.0f} B read {row['est_cycles']:,.0f} est. cycles "
                   f"RAM {row['ram_used']:,} B bit-exact={row['bit_exact']}")
     return rows
+
+
+def _in_ram(row):
+    """", weights in RAM" when the generator copied every packed layer's weights into RAM
+    (", some weights in RAM" when only some)."""
+    lines = _packing_lines(row["readme"])
+    staged = sum("weights in RAM" in line for line in lines)
+    packed = sum("packed as" in line for line in lines)
+    return "" if not staged else (", weights in RAM" if staged == packed
+                                  else ", some weights in RAM")
 
 
 def _packing_lines(readme):
@@ -123,8 +144,10 @@ def render(layer_table, model_table):
         f"{tflm.local_commit(root)} (rv32imac, gcc 12.2, kernels -O2) and run on",
         "`qemu-system-riscv32 -M sifive_e -icount shift=0`; instructions are minstret around",
         "`Invoke()`, the mean over 8 inputs, and every row's outputs equal the TFLM host",
-        "interpreter's on the int8 model (*bit-exact*). QEMU models no flash wait states: on",
-        "silicon, weights read from SPI flash cost more than these counts say (unmeasured).",
+        "interpreter's on the int8 model (*bit-exact*). QEMU models no flash wait states;",
+        "the flash columns count what silicon would pay for them.",
+        "",
+        *FLASH_NOTE,
         "",
         "*Weight bytes*: the FC / conv weight and bias tensors of the int8 model, or the",
         "TQP1 blobs (b-bit weights + codebook + per-channel bias, multiplier and shift) that",
@@ -134,25 +157,28 @@ def render(layer_table, model_table):
     if layer_table:
         lines += ["", "## Layers of realistic size (weights drawn from each codebook)", "",
                   "| layer | kernel / weights | MACs | instructions | instr / MAC | weight bytes "
-                  "| RAM used | bit-exact |", "|---|---|---|---|---|---|---|---|"]
+                  "| flash read (x weight bytes) | non-seq. loads | est. cycles | RAM used "
+                  "| bit-exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['layer']} | {r['variant']} | {r['macs']:,} | {r['instructions']:,} | "
-                  f"{r['per_mac']:.2f} | {r['weight_bytes']:,} | {r['ram_used']:,} | "
-                  f"{'yes' if r['bit_exact'] else 'NO'} |" for r in layer_table]
+                  f"{r['per_mac']:.2f} | {r['weight_bytes']:,} | {flash_cells(r)} | "
+                  f"{r['ram_used']:,} | {'yes' if r['bit_exact'] else 'NO'} |"
+                  for r in layer_table]
     if model_table:
         lines += ["", "## Fashion-MNIST models (QAT, every layer low-bit)", "",
                   "| model | weights, kernels | TFLite accuracy | MACs | instructions / inference "
-                  "| instr / MAC | weight bytes | flash (whole image) | RAM used (arena + stack + "
-                  "static) | bit-exact |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| instr / MAC | weight bytes | flash read (x weight bytes) | non-seq. loads "
+                  "| est. cycles | flash (whole image) | RAM used (arena + stack + static) "
+                  "| bit-exact |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in model_table:
             lines.append(
                 f"| {r['arch']} | {r['variant']} | {r['accuracy']:.4f} | {r['macs']:,} | "
                 f"{r['instructions']:,} | {r['per_mac']:.2f} | {r['weight_bytes']:,} | "
-                f"{r['flash']:,} | {r['ram_used']:,} ({r['arena_used']:,} + {r['stack_used']:,} "
+                f"{flash_cells(r)} | {r['flash']:,} | {r['ram_used']:,} ({r['arena_used']:,} + {r['stack_used']:,} "
                 f"+ {r['static']:,}) | {'yes' if r['bit_exact'] else 'NO'} |")
         lines += ["", "How the generator packed each layer:", ""]
         for r in model_table:
-            if r["variant"].endswith("packed"):
+            if "packed" in r["variant"]:
                 lines += [f"- {r['arch']} {r['variant']}: " + "; ".join(_packing_lines(r["readme"]))]
     return "\n".join(lines) + "\n"
 

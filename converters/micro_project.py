@@ -88,7 +88,7 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
                      pack: bool | None = None, kernels: str = "tflq",
                      model_in_ram: bool = False, eval_images=None, eval_labels=None,
                      feature: str | None = None, fuse_pools: bool | None = None,
-                     pack_activations: bool = True) -> Project:
+                     pack_activations: bool = True, weights_in_ram: bool = True) -> Project:
     """Writes a TFLM firmware project for ``flatbuffer`` into ``out_dir``; returns the
     ``Project`` (its path, and every decision: kernels, packing, budget).
 
@@ -102,8 +102,12 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     arena goes from 9,260 to 3,164 B, with 4.8% fewer instructions. ``kernels``:
     "tflq" runs the remaining int8 FC / CONV_2D / DEPTHWISE_CONV_2D on tflq's rv32
     kernels, "reference" on TFLM's.
-    Which layers were packed, and why the others were not, is logged and written
-    into the project's README.
+    ``weights_in_ram``: where the RAM left after all that allows, packed layers' weights
+    are copied into the arena at AllocateTensors (``packing.stage_in_ram``: CONV_2D
+    first, which reads its rows once per output position), so an inference reads them
+    from RAM and not from the FE310's slow SPI flash (``converters.flash_reads``).
+    Which layers were packed, and why the others were not, and whose weights are in
+    RAM, is logged and written into the project's README.
 
     ``test_inputs``: int8 array (count, *input_shape) or (count, input_size) embedded for
     the self-test; None embeds one input of zero points. ``model_name`` (for comments and
@@ -171,6 +175,10 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
         flatbuffer, int8_flatbuffer, kernels, io.name,
         lambda b: placed(b, len(flatbuffer)).total <= RAM_BYTES)
     budget = placed(budget, len(flatbuffer))
+    if weights_in_ram and not model_in_ram and budget.total <= RAM_BYTES:
+        flatbuffer, packed_ops, budget = _weights_in_ram(
+            flatbuffer, int8_flatbuffer, plan, budget, packed_ops, io.name,
+            lambda b: placed(b, len(flatbuffer)))
     if variant is not None:
         plan = dataclasses.replace(plan, project_files={**plan.project_files,
                                                         **variant.kernel_files})
@@ -188,6 +196,21 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     _write_atomically(out_dir, files, overwrite)
     return Project(out_dir, io.name, flatbuffer, plan, tuple(packed_ops), budget,
                    None if variant is not None else inputs)
+
+
+def _weights_in_ram(flatbuffer, int8_flatbuffer, plan, budget, packed_ops, name, placed):
+    """The flatbuffer with the packed weights that fit the RAM left marked to be copied
+    into the arena, its packed ops and budget (all unchanged if none fit)."""
+    left = RAM_BYTES - budget.total
+    while left > 0:
+        staged, ops = packing.stage_in_ram(flatbuffer, packed_ops, left)
+        if not any(p.in_ram for p in ops):
+            break
+        staged_budget = placed(ram_budget.memory_budget(int8_flatbuffer, staged, plan, name))
+        if staged_budget.total <= RAM_BYTES:
+            return staged, ops, staged_budget
+        left -= staged_budget.total - RAM_BYTES  # the arena grew by more than the copies
+    return flatbuffer, packed_ops, budget
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,8 @@ FMT_INT8, FMT_PLANES, FMT_LUT, FMT_BITSERIAL = 0, 1, 2, 3
 FORMAT_NAMES = {FMT_INT8: "int8", FMT_PLANES: "bit-planes", FMT_LUT: "codebook",
                 FMT_BITSERIAL: "bit-serial"}
 FLAG_PER_CHANNEL, FLAG_THRESHOLDS = 0x01, 0x10  # BITSERIAL: bits 1..3 hold in_bits
+FLAG_IN_RAM = 0x20  # any format: TFLQ_PACKED copies the blob into the arena at Prepare
+FLAGS_OFFSET = 7  # the header's flags byte
 OP_NAMES = {OP_FC: "FULLY_CONNECTED", OP_CONV: "CONV_2D", OP_DEPTHWISE: "DEPTHWISE_CONV_2D"}
 HEADER = struct.Struct("<4sBBBBHH6H8B4i2I8B2H")
 assert HEADER.size == 68

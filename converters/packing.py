@@ -19,7 +19,8 @@ from tflq.converters import activation_plan
 from tflq.converters import flatbuffer as fb
 # The format's names, as the callers know them (packing.pack, packing.Layer, ...).
 from tflq.converters.packed_format import (  # noqa: F401
-    CUSTOM_CODE, FMT_BITSERIAL, FMT_INT8, FMT_LUT, FMT_PLANES, FORMAT_NAMES, HEADER, MAX_BITS,
+    CUSTOM_CODE, FLAG_IN_RAM, FLAGS_OFFSET, FMT_BITSERIAL, FMT_INT8, FMT_LUT, FMT_PLANES,
+    FORMAT_NAMES, HEADER, MAX_BITS,
     OP_CONV, OP_DEPTHWISE, OP_FC, OP_NAMES, Encoding, Layer, bias_eff, bit_serial,
     same_padding as _same_padding,
     choose_encoding, estimated_per_mac, input_low, pack, reference, scratch_bytes, thresholds,
@@ -133,6 +134,8 @@ class PackedOp:
     in_bits: int = 0  # reads k-bit packed codes (0: int8)
     out_bits: int = 0  # writes k-bit packed codes (0: int8)
     out_bytes: tuple = ()  # (int8, packed) arena bytes of a packed output
+    in_ram: bool = False  # the blob is copied into the arena at Prepare (stage_in_ram)
+    flash_reads: int = 0  # times an inference reads the blob's rows when they stay in flash
 
 
 def packing_lines(packed_ops) -> list[str]:
@@ -152,6 +155,10 @@ def packing_lines(packed_ops) -> list[str]:
         if p.out_bits:
             line += (f"; writes {p.out_bits}-bit codes ({p.out_bytes[0]} -> {p.out_bytes[1]} "
                      "arena bytes)")
+        if p.in_ram:
+            line += (f"; weights in RAM ({p.packed_bytes} B copied from flash once, at "
+                     f"AllocateTensors; in flash an inference would read them "
+                     f"{p.flash_reads} time{'s' if p.flash_reads > 1 else ''})")
         lines.append(line)
     return lines
 
@@ -287,6 +294,59 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
             layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else ()))
     fb.drop_unused(model)
     return fb.dump(model), report
+
+
+# TFLM rounds persistent buffers up to this alignment (MicroArenaBufferAlignment).
+PERSISTENT_ALIGN = 16
+
+
+def staged_bytes(blob_bytes: int) -> int:
+    """Arena bytes a blob's copy in RAM takes."""
+    return -(-blob_bytes // PERSISTENT_ALIGN) * PERSISTENT_ALIGN
+
+
+def _packed_blobs(model):
+    """(blob tensor, its buffer) of each TFLQ_PACKED operator, in operator order."""
+    sg = model.subgraphs[0]
+    for op in sg.operators:
+        if fb.op_name(model, op) == CUSTOM_CODE:
+            tensor = sg.tensors[op.inputs[1]]
+            yield tensor, model.buffers[tensor.buffer]
+
+
+def stage_in_ram(flatbuffer: bytes, packed_ops, ram_left: int) -> tuple[bytes, list[PackedOp]]:
+    """Marks packed blobs TFLQ_FLAG_IN_RAM while their copies fit ``ram_left`` bytes.
+
+    On the FE310 every byte loaded from SPI flash costs about 64 core cycles (500 for an
+    isolated load) against 2 from RAM (converters/flash_reads.py), and a CONV_2D reads
+    its rows once per output position. So the layers whose rows an inference reads most
+    often go first (CONV_2D: out_h x out_w times; FC and DEPTHWISE_CONV_2D once), larger
+    blobs first among equals. Returns the flatbuffer and ``packed_ops`` with ``in_ram``
+    and ``flash_reads`` filled in."""
+    model = fb.load(bytes(flatbuffer))
+    by_name = {p.output + "/tflq_packed": i for i, p in enumerate(packed_ops) if p.encoding}
+    ops = list(packed_ops)
+    candidates = []
+    for tensor, buffer in _packed_blobs(model):
+        index = by_name[tensor.name.decode()]
+        layer, _ = unpack(bytes(bytearray(buffer.data)))
+        reads = layer.out_hw[0] * layer.out_hw[1] if layer.op == OP_CONV else 1
+        ops[index] = dataclasses.replace(ops[index], flash_reads=reads)
+        candidates.append((reads, len(buffer.data), index, buffer))
+    for reads, size, index, buffer in sorted(candidates, key=lambda c: (-c[0], -c[1], c[2])):
+        if staged_bytes(size) <= ram_left:
+            ram_left -= staged_bytes(size)
+            data = np.array(buffer.data, np.uint8)
+            data[FLAGS_OFFSET] |= FLAG_IN_RAM
+            buffer.data = data
+            ops[index] = dataclasses.replace(ops[index], in_ram=True)
+    return fb.dump(model), ops
+
+
+def model_staged_bytes(flatbuffer: bytes) -> int:
+    """Arena bytes of the blobs a packed model copies into RAM (TFLQ_FLAG_IN_RAM)."""
+    return sum(staged_bytes(len(b.data)) for _, b in _packed_blobs(fb.load(bytes(flatbuffer)))
+               if b.data[FLAGS_OFFSET] & FLAG_IN_RAM)
 
 
 def model_scratch_bytes(flatbuffer: bytes) -> int:

@@ -145,8 +145,8 @@ def memory_budget(flatbuffer: bytes, firmware_flatbuffer: bytes | None = None,
     ``ARENA_MARGIN`` (``tflm_host.ArenaUse``): a little more, which Prepare's temporaries
     need (an arena of just arena_used_bytes() makes TFLM fail or trap). Otherwise it is
     an upper bound: the wheel's 64-bit figure for the int8 ``flatbuffer`` (which cannot
-    load TFLQ_PACKED ops), plus what tflq's kernels add on top (packed ops' scratch; per
-    rv32 int8 op its bias + offset array and CONV_2D patch).
+    load TFLQ_PACKED ops), plus what tflq's kernels add on top (packed ops' scratch and
+    weights copied into RAM; per rv32 int8 op its bias + offset array and CONV_2D patch).
     """
     firmware_flatbuffer = flatbuffer if firmware_flatbuffer is None else firmware_flatbuffer
     plan = firmware_kernels.plan(firmware_flatbuffer, "reference") if plan is None else plan
@@ -160,7 +160,8 @@ def memory_budget(flatbuffer: bytes, firmware_flatbuffer: bytes | None = None,
     host = arena_upper_bound(flatbuffer, name)
     extra = 0
     if plan.packed:
-        extra += packing.model_scratch_bytes(firmware_flatbuffer)
+        extra += (packing.model_scratch_bytes(firmware_flatbuffer)
+                  + packing.model_staged_bytes(firmware_flatbuffer))
     model = fb.load(bytes(firmware_flatbuffer))
     for op in model.subgraphs[0].operators:
         if fb.op_name(model, op) in plan.rv32_int8:

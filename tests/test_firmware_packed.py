@@ -97,3 +97,35 @@ def test_corrupt_packed_tensor_is_refused_at_prepare(what, corrupt, message, tmp
     assert run.outputs is None
     assert "TFLQ_PACKED:" in run.uart_text and message in run.uart_text, run.uart_text[-1000:]
     assert "OUTPUT" not in run.uart_text
+
+
+def test_packed_weights_in_ram_leave_the_flash_alone(tmp_path):
+    # The generator copies packed weights into the arena where the RAM left allows; the
+    # QEMU flash-read plugin (converters/flash_reads.py) must then see an inference read
+    # less from flash than the smallest blob, where the same firmware without the copies
+    # reads every blob, CONV_2D rows once per output position. Same outputs either way.
+    flatbuffer = _models.with_codebook(_models.build("small_cnn"), CODEBOOKS["ternary"][0])
+    inputs = _models.random_inputs(flatbuffer, 4)
+    staged = micro_project.generate_project(flatbuffer, tmp_path / "ram", test_inputs=inputs)
+    flash = micro_project.generate_project(flatbuffer, tmp_path / "flash", test_inputs=inputs,
+                                           weights_in_ram=False)
+    in_ram = [p for p in staged.packing if p.in_ram]
+    assert in_ram and all(p.encoding for p in in_ram), staged.packing_lines
+    assert not any(p.in_ram for p in flash.packing)
+    readme = (staged / "README.md").read_text()
+    assert all(f"weights in RAM ({p.packed_bytes} B copied" in readme for p in in_ram)
+    assert staged.budget.arena >= flash.budget.arena + sum(
+        packing.staged_bytes(p.packed_bytes) for p in in_ram)
+    runs = []
+    for project in (staged, flash):
+        runs.append(firmware_run.run(project, flash=True))
+        assert runs[-1].exit_code == 0, runs[-1].tail()
+        firmware_run.check_bit_exact(runs[-1], inputs)
+    in_ram_run, flash_run = runs
+    np.testing.assert_array_equal(in_ram_run.outputs, flash_run.outputs)
+    assert in_ram_run.instructions == flash_run.instructions  # the same kernels
+    # In flash, each blob is read flash_reads times (its rows are most of it); in RAM,
+    # none of that is left (what remains: TFLM's own reads, builtin int8 layers).
+    rows_read = sum(p.flash_reads * p.packed_bytes for p in in_ram)
+    saved = flash_run.flash.bytes - in_ram_run.flash.bytes
+    assert rows_read / 2 <= saved <= rows_read, (flash_run.flash, in_ram_run.flash, rows_read)

@@ -11,7 +11,7 @@ import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
 
 from tflq.converters import flatbuffer as fb
-from tflq.converters import firmware_kernels, micro_project, project_files, tflm
+from tflq.converters import firmware_kernels, micro_project, packing, project_files, tflm
 from tflq.errors import TflqError
 
 PROJECT_FILES = {
@@ -127,7 +127,7 @@ def test_arena_in_firmware_is_the_budgeted_bound(models, tmp_path):
     assert f"STACK_BYTES := {budget.stack}" in (out / "Makefile").read_text()
     # By default the max-pool is fused into the conv (TFLQ_PACKED int8 rows): the 10x10x4
     # output is never stored, and the firmware's budget is that model's.
-    fused = micro_project.generate_project(flatbuffer, tmp_path / "fused")
+    fused = micro_project.generate_project(flatbuffer, tmp_path / "fused", weights_in_ram=False)
     assert [p.pool for p in fused.packing if p.op == "CONV_2D"] != [""]
     assert f"kTensorArenaSize = {fused.budget.arena};" in (fused / "main.cc").read_text()
     assert fused.budget.arena < budget.arena
@@ -247,3 +247,34 @@ def test_kernel_plan_keeps_reference_kernels_for_layers_tflq_kernels_refuse():
     assert "depthwise_conv.cc" in " ".join(plan.tflm_sources)
     assert "DEPTHWISE_CONV_2D keeps TFLM's reference kernel" in plan.note
     assert "10x8 depthwise kernel (at most 64 taps)" in plan.note
+
+
+def test_weights_go_to_ram_most_read_first_within_the_ram_left():
+    flatbuffer = _models.with_codebook(_models.build("fashion_cnn"), [-60, 0, 60])
+    packed, ops = packing.pack_model(flatbuffer)
+    assert sum(1 for p in ops if p.encoding) >= 2, packing.packing_lines(ops)
+    _, nothing = packing.stage_in_ram(packed, ops, 0)
+    assert not any(p.in_ram for p in nothing)
+    everything_fb, everything = packing.stage_in_ram(packed, ops, 1 << 20)
+    blobs = [p for p in everything if p.encoding]
+    assert all(p.in_ram for p in blobs)
+    assert packing.model_staged_bytes(everything_fb) == sum(
+        packing.staged_bytes(p.packed_bytes) for p in blobs)
+    # A CONV_2D reads its rows once per output position, the others once.
+    for p in blobs:
+        layer, _ = packing.unpack(_blob(everything_fb, p.output))
+        assert p.flash_reads == (layer.out_hw[0] * layer.out_hw[1] if p.op == "CONV_2D" else 1)
+    # Room for the most-read blob only: it alone goes to RAM, and the flatbuffer says so.
+    first = max(blobs, key=lambda p: (p.flash_reads, p.packed_bytes))
+    one_fb, one = packing.stage_in_ram(packed, ops, packing.staged_bytes(first.packed_bytes))
+    assert [p.output for p in one if p.in_ram] == [first.output]
+    assert _blob(one_fb, first.output)[packing.FLAGS_OFFSET] & packing.FLAG_IN_RAM
+    assert packing.model_staged_bytes(one_fb) == packing.staged_bytes(first.packed_bytes)
+
+
+def _blob(flatbuffer, output):
+    model = fb.load(flatbuffer)
+    for t in model.subgraphs[0].tensors:
+        if t.name.decode() == output + "/tflq_packed":
+            return bytes(bytearray(model.buffers[t.buffer].data))
+    raise AssertionError(f"no packed blob for {output}")

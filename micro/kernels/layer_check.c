@@ -247,7 +247,7 @@ int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err
                 (unsigned long)codebook, (unsigned long)expected);
   if (l->format == TFLQ_FMT_INT8 && l->per_channel_codebook)
     return fail(err, n, "packed weights: int8 rows with a codebook flag");
-  if ((b[7] & ~(l->format == TFLQ_FMT_BITSERIAL ? 0x1f : 0x01)) != 0)
+  if ((b[7] & ~(TFLQ_FLAG_IN_RAM | (l->format == TFLQ_FMT_BITSERIAL ? 0x1f : 0x01))) != 0)
     return fail(err, n, "packed weights: unknown flags 0x%02x for format %d", b[7], l->format);
   if (l->format == TFLQ_FMT_BITSERIAL && (b[7] & 0x10) && threshold_bytes(l) == 0)
     return fail(err, n, "packed weights: output thresholds for the activation range [%ld, %ld]",

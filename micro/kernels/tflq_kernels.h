@@ -57,7 +57,10 @@
  *      pool_pad_top, pool_pad_left
  *  64  u16 pool_out_h, pool_out_w
  *   4  u8 flags: bit 0 one codebook per channel; BITSERIAL: bits 1..3 in_bits (1..4),
- *      bit 4 output thresholds
+ *      bit 4 output thresholds; bit 5 (TFLQ_FLAG_IN_RAM, any format) the weights
+ *      live in RAM: TFLQ_PACKED copies the blob into the arena at Prepare, so an
+ *      inference reads none of it from flash (converters/packing.py: stage_in_ram
+ *      sets it where the RAM left allows)
  *  68  i32 bias_eff[C], i32 multiplier[C], i32 shift[C]
  *      (BITSERIAL: bias_eff = bias + (input_offset + lo) * sum(w), added to sum(a * w))
  *      codebook: PLANES and BITSERIAL i16 (v0, d)[n]; LUT i8 levels[2^bits * n];
@@ -82,6 +85,7 @@ extern "C" {
 enum { TFLQ_OP_FC = 1, TFLQ_OP_CONV = 2, TFLQ_OP_DEPTHWISE = 3 };
 enum { TFLQ_FMT_INT8 = 0, TFLQ_FMT_PLANES = 1, TFLQ_FMT_LUT = 2, TFLQ_FMT_BITSERIAL = 3 };
 enum { TFLQ_HEADER_BYTES = 68 };
+enum { TFLQ_FLAG_IN_RAM = 0x20 };
 
 typedef struct {
   int op, format, bits, per_channel_codebook;

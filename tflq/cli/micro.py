@@ -9,7 +9,8 @@ do not fit the model. FC / conv layers whose weights take <= 4 bits become packe
 TFLQ_PACKED ops (--pack=auto|on|off); the others run tflq's rv32 int8 kernels
 (--kernels=tflq) or TFLM's reference ones (--kernels=reference). Low-bit activations
 between tflq layers are stored as k-bit codes (--nopack_activations: int8) and
-max-pools are fused into the convs before them (--nofuse_pools: TFLM's layout). The
+max-pools are fused into the convs before them (--nofuse_pools: TFLM's layout). Packed
+weights are copied into RAM where it allows (--noweights_in_ram: read from flash). The
 command prints how each layer was packed, or why it stays int8.
 """
 import os
@@ -48,6 +49,10 @@ _FUSE_POOLS = flags.DEFINE_bool(
 _PACK_ACTIVATIONS = flags.DEFINE_bool(
     "pack_activations", True, "Store low-bit activations between tflq layers as k-bit codes "
     "in the arena. --nopack_activations keeps every activation int8.")
+_WEIGHTS_IN_RAM = flags.DEFINE_bool(
+    "weights_in_ram", True, "Copy packed layers' weights into the arena at start-up where "
+    "the RAM left allows (CONV_2D first), so inferences do not read them from the SPI "
+    "flash. --noweights_in_ram keeps them in flash.")
 
 
 def main():
@@ -72,7 +77,8 @@ def main():
                                          overwrite=flags_common.OVERWRITE.value, pack=pack,
                                          kernels=_KERNELS.value,
                                          fuse_pools=None if _FUSE_POOLS.value else False,
-                                         pack_activations=_PACK_ACTIVATIONS.value)
+                                         pack_activations=_PACK_ACTIVATIONS.value,
+                                         weights_in_ram=_WEIGHTS_IN_RAM.value)
     for line in out.packing_lines:
         print(line)
     if pack and not out.plan.packed:

@@ -1,8 +1,11 @@
 // TFLQ_PACKED: a FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D layer whose weights
-// are a TQP2 blob (micro/kernels/tflq_kernels.h), read in place from flash or RAM.
+// are a TQP2 blob (micro/kernels/tflq_kernels.h), read in place from flash, or from a
+// copy in the arena when the blob has TFLQ_FLAG_IN_RAM (made once, at Prepare).
 // Prepare checks the blob and the tensors against each other and refuses anything
 // inconsistent with a message; Eval decodes the checked header (no validation) and runs
 // the plain-C kernel.
+#include <string.h>
+
 #include "tflq_kernels.h"
 #include "tflq_ops.h"
 
@@ -20,6 +23,7 @@ constexpr int kOutput = 0;
 
 struct OpData {
   int scratch_index;
+  const uint8_t* blob;  // the checked blob: in the flatbuffer, or its copy in the arena
 };
 
 void* Init(TfLiteContext* context, const char*, size_t) {
@@ -60,8 +64,20 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
     } else {
       auto* data = static_cast<OpData*>(node->user_data);
       data->scratch_index = -1;
+      data->blob = blob->data.uint8;
+      if (blob->data.uint8[7] & TFLQ_FLAG_IN_RAM) {
+        void* copy = context->AllocatePersistentBuffer(context, blob->bytes);
+        if (copy == nullptr) {
+          MicroPrintf("TFLQ_PACKED: no arena left to copy %u bytes of weights into RAM",
+                      static_cast<unsigned>(blob->bytes));
+          status = kTfLiteError;
+        } else {
+          memcpy(copy, blob->data.uint8, blob->bytes);
+          data->blob = static_cast<const uint8_t*>(copy);
+        }
+      }
       const size_t scratch = tflq_scratch_bytes(&layer);
-      if (scratch > 0) {
+      if (status == kTfLiteOk && scratch > 0) {
         status = context->RequestScratchBufferInArena(context, scratch, &data->scratch_index);
       }
     }
@@ -74,11 +90,10 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
 
 TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, kInput);
-  const TfLiteEvalTensor* blob = tflite::micro::GetEvalInput(context, node, kBlob);
   TfLiteEvalTensor* output = tflite::micro::GetEvalOutput(context, node, kOutput);
-  tflq_layer_t layer;  // the blob passed tflq_layer_parse at Prepare: decode only
-  tflq_layer_decode(tflite::micro::GetTensorData<uint8_t>(blob), &layer);
   const auto* data = static_cast<const OpData*>(node->user_data);
+  tflq_layer_t layer;  // the blob passed tflq_layer_parse at Prepare: decode only
+  tflq_layer_decode(data->blob, &layer);
   void* scratch =
       data->scratch_index >= 0 ? context->GetScratchBuffer(context, data->scratch_index) : nullptr;
   const size_t per_input = tflq_input_bytes(&layer);
