@@ -39,7 +39,9 @@ def host(tmp_path_factory):
     return kernels.HostKernels(tmp_path_factory.mktemp("kernels"))
 
 
-def random_layer(rng, op, codebook, per_channel_scale=True):
+def random_layer(rng, op, codebook, per_channel_scale=True, dw3x3=False):
+    """dw3x3: a DEPTHWISE_CONV_2D 3x3, stride 1, no dilation, multiplier 1 (the
+    kernel's specialised loop)."""
     zp_in, zp_out = (int(v) for v in rng.integers(-128, 128, 2))
     act = [(-128, 127), (max(-128, zp_out), 127), (zp_out - 20, zp_out + 40)][rng.integers(3)]
     act = (max(-128, act[0]), min(127, act[1]))
@@ -51,6 +53,8 @@ def random_layer(rng, op, codebook, per_channel_scale=True):
         kh, kw = (int(v) for v in rng.integers(1, 5, 2))
         stride = tuple(int(v) for v in rng.integers(1, 3, 2))
         dil = tuple(int(v) for v in rng.integers(1, 3, 2))
+        if dw3x3:
+            kh, kw, stride, dil = 3, 3, (1, 1), (1, 1)
         same = bool(rng.integers(2))
         eff = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)
         if not same and (eff[0] > ih or eff[1] > iw):
@@ -67,7 +71,7 @@ def random_layer(rng, op, codebook, per_channel_scale=True):
             channels = int(rng.integers(1, 24))
             depth = kh * kw * ic
         else:
-            ic, mult = int(rng.integers(1, 8)), int(rng.integers(1, 3))
+            ic, mult = int(rng.integers(1, 8)), 1 if dw3x3 else int(rng.integers(1, 3))
             channels, depth = ic * mult, kh * kw
         geometry = dict(in_hwc=(ih, iw, ic), out_hw=(oh, ow), kernel=(kh, kw), stride=stride,
                         dilation=dil, pad=pad, depth_multiplier=mult)
@@ -114,6 +118,23 @@ def test_c_kernels_equal_tflm_reference_arithmetic(host, op, name):
         blob = packing.pack(layer, enc)
         x = input_for(rng, layer, batches=int(rng.integers(1, 3)))
         assert packing.scratch_bytes(layer, enc) == host.scratch_bytes(blob)
+        np.testing.assert_array_equal(host.eval(blob, x, out_size(layer)),
+                                      packing.reference(layer, x),
+                                      err_msg=f"{name} trial {trial}: {layer}")
+
+
+@pytest.mark.parametrize("name", list(CODEBOOKS))
+def test_depthwise_3x3_loop_equals_tflm_reference_arithmetic(host, name):
+    # Sizes from 1x1 up, SAME and VALID: padding on every side, and inputs narrower
+    # than the window.
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    for trial in range(12):
+        layer = random_layer(rng, packing.OP_DEPTHWISE, codebook_of(rng, name),
+                             per_channel_scale=trial % 2 == 0, dw3x3=True)
+        assert (layer.kernel, layer.stride, layer.dilation) == ((3, 3), (1, 1), (1, 1))
+        enc = None if name == "int8" else packing.choose_encoding(layer.weights)
+        blob = packing.pack(layer, enc)
+        x = input_for(rng, layer, batches=int(rng.integers(1, 3)))
         np.testing.assert_array_equal(host.eval(blob, x, out_size(layer)),
                                       packing.reference(layer, x),
                                       err_msg=f"{name} trial {trial}: {layer}")

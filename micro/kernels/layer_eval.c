@@ -625,7 +625,102 @@ static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void
   }
 }
 
+/* The requantized, clamped int8 of one depthwise output (the layer's constants passed
+ * as values: an int8 store may alias the layer, so fields would be re-read). */
+INLINE int8_t dw3x3_finish(int32_t acc, int32_t multiplier, int32_t shift, int32_t offset,
+                           int32_t lo, int32_t hi) {
+  int32_t v = tflq_multiply_by_quantized_multiplier(acc, multiplier, shift) + offset;
+  if (v < lo) v = lo;
+  if (v > hi) v = hi;
+  return (int8_t)v;
+}
+
+/* One output row of one channel of the 3x3 depthwise loop. The row's input columns,
+ * padded with pad_left zero-point columns in front and the rest behind (out_w + 2 in
+ * all), arrive one at a time; column j holds (a, b, d) from the three input rows at
+ * p, p + o1, p + o2 and adds its left, middle and right sums (weights w, row-major) to
+ * outputs j, j - 1 and j - 2, the last of which is then complete. So each output loads
+ * 3 inputs and keeps 2 partial sums. A zero-point column adds the constants zp * (its
+ * weights' sum); `acc` holds the bias and the rows outside the input (zero weights). */
+__attribute__((noinline)) static void dw3x3_row(const tflq_layer_t* l, const int8_t* p,
+                                                ptrdiff_t o1, ptrdiff_t o2, const int32_t* w,
+                                                int32_t acc, int32_t multiplier,
+                                                int32_t shift, int8_t* o) {
+  const int channels = l->out_channels, out_w = l->out_w, pad_left = l->pad_left;
+  const int32_t zp = -l->input_offset, offset = l->output_offset;
+  const int32_t lo = l->act_min, hi = l->act_max;
+  const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6],
+                w7 = w[7], w8 = w[8];
+  const int32_t zl = zp * (w0 + w3 + w6), zm = zp * (w1 + w4 + w7), zr = zp * (w2 + w5 + w8);
+  const int columns = out_w + 2, real_end = pad_left + l->in_w;
+  int32_t s0 = 0, s1 = 0; /* partial sums of outputs j and j - 1 */
+  int j = 0;
+  for (; j < 2; ++j) { /* the first two columns complete no output */
+    int32_t left = zl, middle = zm;
+    if (j >= pad_left && j < real_end) {
+      const int32_t a = p[0], b = p[o1], d = p[o2];
+      p += channels;
+      left = w0 * a + w3 * b + w6 * d;
+      middle = w1 * a + w4 * b + w7 * d;
+    }
+    s1 = s0 + middle;
+    s0 = left;
+  }
+  const int main_end = real_end < columns ? real_end : columns;
+  for (; j < main_end; ++j, o += channels) { /* real columns: no tests */
+    const int32_t a = p[0], b = p[o1], d = p[o2];
+    p += channels;
+    *o = dw3x3_finish(acc + s1 + w2 * a + w5 * b + w8 * d, multiplier, shift, offset, lo,
+                      hi);
+    s1 = s0 + w1 * a + w4 * b + w7 * d;
+    s0 = w0 * a + w3 * b + w6 * d;
+  }
+  for (; j < columns; ++j, o += channels) { /* zero-point columns behind the row */
+    *o = dw3x3_finish(acc + s1 + zr, multiplier, shift, offset, lo, hi);
+    s1 = s0 + zm;
+    s0 = zl;
+  }
+}
+
+/* DEPTHWISE_CONV_2D 3x3, stride 1, no dilation, multiplier 1, int8 input and output
+ * stored directly (pad_left <= 2): one channel at a time, its 9 weights and
+ * requantization loaded once, one dw3x3_row per output row. A row outside the input is
+ * read from a row inside with zero weights, its taps' zero-point products added to the
+ * accumulator once. */
+static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
+  const int channels = l->out_channels, in_h = l->in_h;
+  const int32_t zp = -l->input_offset;
+  const size_t in_row = (size_t)l->in_w * channels, out_row = (size_t)l->out_w * channels;
+  for (int c = 0; c < channels; ++c) {
+    int32_t weights[9];
+    for (int k = 0; k < 9; ++k) weights[k] = weight_at(l, c, k);
+    const int q = l->requant_per_channel ? c : 0;
+    const int32_t multiplier = l->multiplier[q], shift = l->shift[q];
+    for (int oy = 0; oy < l->out_h; ++oy) {
+      const int8_t* rows[3];
+      int32_t w[9], acc = l->bias[c];
+      for (int r = 0; r < 3; ++r) {
+        const int iy = oy - l->pad_top + r;
+        const int inside = iy >= 0 && iy < in_h;
+        rows[r] = in + (inside ? (size_t)iy * in_row : 0) + c;
+        for (int k = 3 * r; k < 3 * r + 3; ++k) {
+          w[k] = inside ? weights[k] : 0;
+          acc += inside ? 0 : zp * weights[k];
+        }
+      }
+      dw3x3_row(l, rows[0], rows[1] - rows[0], rows[2] - rows[0], w, acc, multiplier, shift,
+                out + (size_t)oy * out_row + c);
+    }
+  }
+}
+
 static void depthwise(const tflq_layer_t* l, const uint8_t* in, uint8_t* output) {
+  if (l->kh == 3 && l->kw == 3 && l->stride_h == 1 && l->stride_w == 1 &&
+      l->dilation_h == 1 && l->dilation_w == 1 && l->depth_multiplier == 1 &&
+      l->pad_left <= 2 && !l->in_packed && !l->out_packed && !l->pool_kh) {
+    depthwise3x3(l, (const int8_t*)in, (int8_t*)output);
+    return;
+  }
   const int taps = l->kh * l->kw, channels = l->out_channels, cin = l->in_c;
   const int32_t zero_point = -l->input_offset;
   const int s_in = store_bits(l->in_packed), in_low = packed_low(l->in_packed);
