@@ -35,7 +35,8 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "packed_kern
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("float_epochs", 3, "float training epochs (Fashion-MNIST models)")
 flags.DEFINE_integer("qat_epochs", 1, "QAT epochs per scheme")
-flags.DEFINE_list("parts", ["layers", "models"], "which tables to measure")
+flags.DEFINE_list("parts", ["layers", "depthwise", "models"],
+                  "which rows to measure; the others are kept from the committed JSON")
 
 # int8 levels per codebook for the layer table (what the quantizers export).
 LAYER_CODEBOOKS = {
@@ -50,23 +51,23 @@ MODEL_SCHEMES = ("log3", "ternary", "binary", "fixed4")
 L = keras.layers
 
 
-def layer_models():
-    """Benchmark layers: name -> (Keras model, whether its weights are also packed)."""
-    layers = {
-        "FC 128->128": (keras.Sequential([L.InputLayer((128,)), L.Dense(128)]), True),
-        "CONV_2D 3x3 16->64 on 8x8": (keras.Sequential([
-            L.InputLayer((8, 8, 16)), L.Conv2D(64, 3, padding="same")]), True),
-    }
-    # int8 only: tflq packs no depthwise weights.
-    layers.update({f"DEPTHWISE 3x3 x{c} on 8x8": (keras.Sequential([
-        L.InputLayer((8, 8, c)), L.DepthwiseConv2D(3, padding="same")]), False)
-        for c in (32, 64)})
-    return layers
+def layer_models(part):
+    """Benchmark layers of a part ("layers", "depthwise"): name -> (Keras model, whether its
+    weights are also packed)."""
+    if part == "layers":
+        return {
+            "FC 128->128": (keras.Sequential([L.InputLayer((128,)), L.Dense(128)]), True),
+            "CONV_2D 3x3 16->64 on 8x8": (keras.Sequential([
+                L.InputLayer((8, 8, 16)), L.Conv2D(64, 3, padding="same")]), True),
+        }
+    return {f"DEPTHWISE 3x3 x{c} on 8x8": (keras.Sequential([  # int8 only: as the packer
+        L.InputLayer((8, 8, c)), L.DepthwiseConv2D(3, padding="same")]), False)  # leaves it
+        for c in (32, 64)}
 
 
-def layer_rows(workdir):
+def layer_rows(workdir, part):
     rows = []
-    for name, (model, packed) in layer_models().items():
+    for name, (model, packed) in layer_models(part).items():
         flatbuffer = int8_flatbuffer(model)
         variants = [("TFLM reference int8", flatbuffer, dict(kernels="reference", pack=False)),
                     ("tflq int8", flatbuffer, dict(kernels="tflq", pack=False))]
@@ -75,8 +76,9 @@ def layer_rows(workdir):
             variants += [(label, fbuf, {}),
                          (f"{label}, weights in flash", fbuf, dict(weights_in_ram=False))]
         for i, (label, fbuf, generate) in enumerate(variants):
-            row = measure(f"layer{len(rows)}", fbuf, workdir, **generate)
-            rows.append(dict(row, layer=name, variant=label + _in_ram(row)))
+            row = measure(f"{part}{len(rows)}", fbuf, workdir, **generate)
+            rows.append(dict(row, part=part, layer=name, variant=label + _in_ram(row),
+                             packing=_packing_lines(row["readme"])))
             print(f"{name:28s} {label:40s} {row['per_mac']:6.2f} instr/MAC "
                   f"{row['weight_bytes']:7,} B weights {row['flash_read_bytes']:9,.0f} B read "
                   f"{row['est_cycles']:11,.0f} est. cycles bit-exact={row['bit_exact']}")
@@ -111,7 +113,8 @@ def model_rows(workdir):
         for label, flatbuffer, accuracy, generate in variants:
             inputs = tflq.io_quantization(flatbuffer)[0].quantize(x_test[:8])
             row = measure(f"{arch}{len(rows)}", flatbuffer, workdir, inputs=inputs, **generate)
-            rows.append(dict(row, arch=arch, variant=label + _in_ram(row), accuracy=accuracy))
+            rows.append(dict(row, part="models", arch=arch, variant=label + _in_ram(row),
+                             accuracy=accuracy, packing=_packing_lines(row["readme"])))
             print(f"{arch:4s} {label:32s} acc={accuracy:.4f} {row['per_mac']:6.2f} instr/MAC "
                   f"{row['instructions']:,} instr {row['weight_bytes']:,} B "
                   f"{row['flash_read_bytes']:,.0f} B read {row['est_cycles']:,.0f} est. cycles "
@@ -149,6 +152,10 @@ def render(layer_table, model_table):
         "",
         *FLASH_NOTE,
         "",
+        "Packed rows are the generator's default: packed weights copied into RAM at",
+        "AllocateTensors where the RAM left allows (*weights in RAM*, counted in *RAM used*);",
+        "*weights in flash* rows are the same firmware with `weights_in_ram=False`.",
+        "",
         "*Weight bytes*: the FC / conv weight and bias tensors of the int8 model, or the",
         "TQP1 blobs (b-bit weights + codebook + per-channel bias, multiplier and shift) that",
         "replace them. *RAM used*: arena used (`arena_used_bytes()`) + stack high-water +",
@@ -179,20 +186,28 @@ def render(layer_table, model_table):
         lines += ["", "How the generator packed each layer:", ""]
         for r in model_table:
             if "packed" in r["variant"]:
-                lines += [f"- {r['arch']} {r['variant']}: " + "; ".join(_packing_lines(r["readme"]))]
+                lines += [f"- {r['arch']} {r['variant']}: " + "; ".join(r["packing"])]
     return "\n".join(lines) + "\n"
 
 
 def main(argv):
     del argv
+    kept = []
+    if set(FLAGS.parts) != {"layers", "depthwise", "models"}:
+        kept = [r for r in json.loads(OUT.with_suffix(".json").read_text())
+                if r["part"] not in FLAGS.parts]
+    measured = {}
     with tempfile.TemporaryDirectory(prefix="tflq-packed-") as tmp:
-        layer_table = layer_rows(Path(tmp)) if "layers" in FLAGS.parts else []
-        model_table = model_rows(Path(tmp)) if "models" in FLAGS.parts else []
-    text = render(layer_table, model_table)
+        for part in FLAGS.parts:
+            measured[part] = (model_rows(Path(tmp)) if part == "models"
+                              else layer_rows(Path(tmp), part))
+    rows = {part: [r for r in kept if r["part"] == part] or measured.get(part, [])
+            for part in ("layers", "depthwise", "models")}
+    text = render(rows["layers"] + rows["depthwise"], rows["models"])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".md").write_text(text)
     OUT.with_suffix(".json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k != "readme"} for r in layer_table + model_table],
+        [{k: v for k, v in r.items() if k != "readme"} for part in rows.values() for r in part],
         indent=1, default=float) + "\n")
     print(text)
 

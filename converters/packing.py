@@ -328,7 +328,9 @@ def stage_in_ram(flatbuffer: bytes, packed_ops, ram_left: int) -> tuple[bytes, l
     ops = list(packed_ops)
     candidates = []
     for tensor, buffer in _packed_blobs(model):
-        index = by_name[tensor.name.decode()]
+        index = by_name.get(tensor.name.decode(errors="replace") if tensor.name else "")
+        if index is None:  # a TFLQ_PACKED op the input model already had: left as it is
+            continue
         layer, _ = unpack(bytes(bytearray(buffer.data)))
         reads = layer.out_hw[0] * layer.out_hw[1] if layer.op == OP_CONV else 1
         ops[index] = dataclasses.replace(ops[index], flash_reads=reads)
