@@ -92,6 +92,8 @@ def measure(name: str, flatbuffer: bytes, workdir: Path, inputs=None, **generate
         "ram_total": budget.stack + ram_static,
         "ram_used": int(stats["arena_bytes"]) + int(stats["stack_bytes"]) + ram_static - budget.arena,
         "bit_exact": exact, "readme": (project / "README.md").read_text(),
+        "packing": project.packing_lines,
+        "in_ram": [p.in_ram for p in project.packing if p.encoding],
         # Data loads from SPI flash per inference (converters/flash_reads.py) and the
         # silicon time they imply.
         "flash_read_bytes": run.flash.bytes, "flash_seq_bytes": run.flash.seq_bytes,

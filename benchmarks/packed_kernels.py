@@ -77,8 +77,7 @@ def layer_rows(workdir, part):
                          (f"{label}, weights in flash", fbuf, dict(weights_in_ram=False))]
         for i, (label, fbuf, generate) in enumerate(variants):
             row = measure(f"{part}{len(rows)}", fbuf, workdir, **generate)
-            rows.append(dict(row, part=part, layer=name, variant=label + _in_ram(row),
-                             packing=_packing_lines(row["readme"])))
+            rows.append(dict(row, part=part, layer=name, variant=label + _in_ram(row)))
             print(f"{name:28s} {label:40s} {row['per_mac']:6.2f} instr/MAC "
                   f"{row['weight_bytes']:7,} B weights {row['flash_read_bytes']:9,.0f} B read "
                   f"{row['est_cycles']:11,.0f} est. cycles bit-exact={row['bit_exact']}")
@@ -114,7 +113,7 @@ def model_rows(workdir):
             inputs = tflq.io_quantization(flatbuffer)[0].quantize(x_test[:8])
             row = measure(f"{arch}{len(rows)}", flatbuffer, workdir, inputs=inputs, **generate)
             rows.append(dict(row, part="models", arch=arch, variant=label + _in_ram(row),
-                             accuracy=accuracy, packing=_packing_lines(row["readme"])))
+                             accuracy=accuracy))
             print(f"{arch:4s} {label:32s} acc={accuracy:.4f} {row['per_mac']:6.2f} instr/MAC "
                   f"{row['instructions']:,} instr {row['weight_bytes']:,} B "
                   f"{row['flash_read_bytes']:,.0f} B read {row['est_cycles']:,.0f} est. cycles "
@@ -125,16 +124,9 @@ def model_rows(workdir):
 def _in_ram(row):
     """", weights in RAM" when the generator copied every packed layer's weights into RAM
     (", some weights in RAM" when only some)."""
-    lines = _packing_lines(row["readme"])
-    staged = sum("weights in RAM" in line for line in lines)
-    packed = sum("packed as" in line for line in lines)
-    return "" if not staged else (", weights in RAM" if staged == packed
-                                  else ", some weights in RAM")
-
-
-def _packing_lines(readme):
-    return [line[2:] for line in readme.splitlines()
-            if line.startswith("- ") and ("packed as" in line or "stays int8" in line)]
+    if not any(row["in_ram"]):
+        return ""
+    return ", weights in RAM" if all(row["in_ram"]) else ", some weights in RAM"
 
 
 def render(layer_table, model_table):

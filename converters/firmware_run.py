@@ -80,15 +80,12 @@ def run(project: Path, timeout_s: float = 600, build_first: bool = True,
     project = Path(project)
     if build_first:
         build(project)
-    flash_result = None
-    if flash:
-        with tempfile.TemporaryDirectory(prefix="tflq-flash-") as tmp:
-            log = Path(tmp) / "flash_reads.txt"
-            result = toolchain.run_qemu(project / QEMU_ELF, timeout_s, flash_reads.qemu_args(log))
-            flash_result = flash_reads.parse(log.read_text() if log.exists() else "",
-                                             str(project / QEMU_ELF))
-    else:
-        result = toolchain.run_qemu(project / QEMU_ELF, timeout_s)
+    with tempfile.TemporaryDirectory(prefix="tflq-flash-") as tmp:
+        log = Path(tmp) / "flash_reads.txt"
+        result = toolchain.run_qemu(project / QEMU_ELF, timeout_s,
+                                    flash_reads.qemu_args(log) if flash else ())
+        flash_result = flash_reads.parse(log.read_text() if log.exists() else "",
+                                         str(project / QEMU_ELF)) if flash else None
     text = result.uart_text
     found = {int(m.group(1)): [int(v) for v in m.group(2).split()] for m in _OUTPUT.finditer(text)}
     outputs = None
