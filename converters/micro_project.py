@@ -140,13 +140,7 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     checked = typed_model.read(flatbuffer, model_name or out_dir.name)
     typed_model.check_firmware_support(checked, tflm.OPS, (packing.CUSTOM_CODE,))
     io = _io_tensors(checked)
-    int8_flatbuffer, packed_ops = flatbuffer, []
-    if pack is not False:
-        fuse = kernels == "tflq" if fuse_pools is None else fuse_pools
-        candidate, packed_ops = packing.pack_model(flatbuffer, int8_pools=fuse,
-                                                   pack_activations=pack_activations)
-        if any(p.encoding for p in packed_ops):
-            flatbuffer = candidate
+    int8_flatbuffer = flatbuffer
     variant = None
     if eval_images is not None:
         if feature is None and checked.feature is not None:  # the model says what it takes
@@ -156,29 +150,50 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
         test_inputs = None
     elif feature is not None or eval_labels is not None:
         raise TflqError("feature and eval_labels need eval_images (the accuracy firmware)")
-    flash_data = len(flatbuffer) + (variant.flash_bytes if variant else 0)
-    if flash_data > FLASH_MODEL_LIMIT:
-        raise TflqError(f"model is {len(flatbuffer)} bytes"
-                        + (f" and the eval data {variant.flash_bytes}" if variant else "")
-                        + f": more than the {FLASH_MODEL_LIMIT} bytes of HiFive1 flash "
-                        + ("left for them" if variant else "left for it"))
 
     def placed(b: MemoryBudget, model_bytes: int) -> MemoryBudget:
         return ram_budget.with_placement(b, model_bytes, model_in_ram,
                                          variant.static_bytes if variant else 0)
 
-    # The fastest kernel plan that fits the RAM (ram_budget.fitting_plan). Packing is
-    # not undone to fit: packed ops keep their weights in flash and need less arena
-    # than the int8 layers they replace where measured (ternary autoencoder 128-104:
-    # 4.0 KiB packed; int8 with tflq's FC kernel 14.2 KiB, with TFLM's it fits).
-    plan, budget = ram_budget.fitting_plan(
-        flatbuffer, int8_flatbuffer, kernels, io.name,
-        lambda b: placed(b, len(flatbuffer)).total <= RAM_BYTES)
-    budget = placed(budget, len(flatbuffer))
-    if weights_in_ram and not model_in_ram and budget.total <= RAM_BYTES:
-        flatbuffer, packed_ops, budget = _weights_in_ram(
-            flatbuffer, int8_flatbuffer, plan, budget, packed_ops, io.name,
-            lambda b: placed(b, len(flatbuffer)))
+    def layout(int8_convs: bool):
+        """(flatbuffer, packed ops, kernel plan, budget) with int8 CONV_2D layers as
+        int8 rows (``packing.pack_model``'s int8_convs) or not."""
+        packed, ops = int8_flatbuffer, []
+        if pack is not False:
+            fuse = kernels == "tflq" if fuse_pools is None else fuse_pools
+            candidate, ops = packing.pack_model(int8_flatbuffer, int8_pools=fuse,
+                                                pack_activations=pack_activations,
+                                                int8_convs=int8_convs)
+            if any(p.encoding for p in ops):
+                packed = candidate
+        flash_data = len(packed) + (variant.flash_bytes if variant else 0)
+        if flash_data > FLASH_MODEL_LIMIT:
+            raise TflqError(f"model is {len(packed)} bytes"
+                            + (f" and the eval data {variant.flash_bytes}" if variant else "")
+                            + f": more than the {FLASH_MODEL_LIMIT} bytes of HiFive1 flash "
+                            + ("left for them" if variant else "left for it"))
+        # The fastest kernel plan that fits the RAM (ram_budget.fitting_plan). Packing is
+        # not undone to fit: packed ops keep their weights in flash and need less arena
+        # than the int8 layers they replace where measured (ternary autoencoder 128-104:
+        # 4.0 KiB packed; int8 with tflq's FC kernel 14.2 KiB, with TFLM's it fits).
+        kernel_plan, budget = ram_budget.fitting_plan(
+            packed, int8_flatbuffer, kernels, io.name,
+            lambda b: placed(b, len(packed)).total <= RAM_BYTES)
+        budget = placed(budget, len(packed))
+        if weights_in_ram and not model_in_ram and budget.total <= RAM_BYTES:
+            packed, ops, budget = _weights_in_ram(
+                packed, int8_flatbuffer, kernel_plan, budget, ops, io.name,
+                lambda b: placed(b, len(packed)))
+        return packed, ops, kernel_plan, budget
+
+    # tflq's int8 CONV_2D reads its rows once per output position: from RAM, not from
+    # the FE310's SPI flash, where they fit. Where one does not, it stays builtin.
+    staging_convs = (pack is not False and kernels == "tflq" and weights_in_ram
+                     and not model_in_ram)
+    flatbuffer, packed_ops, plan, budget = layout(staging_convs)
+    if staging_convs and any(p.encoding == packing.INT8_ROWS_STAGED and not p.in_ram
+                             for p in packed_ops):
+        flatbuffer, packed_ops, plan, budget = layout(False)
     if variant is not None:
         plan = dataclasses.replace(plan, project_files={**plan.project_files,
                                                         **variant.kernel_files})

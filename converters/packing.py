@@ -200,15 +200,24 @@ def input_code_bits(model) -> dict:
     return found
 
 
+# The encoding of an int8 CONV_2D that int8_convs made TFLQ_PACKED (so that its rows
+# can be copied into RAM).
+INT8_ROWS_STAGED = "int8 rows (to be copied into RAM)"
+
+
 def pack_model(flatbuffer: bytes, int8_pools: bool = False,
-               pack_activations: bool = True) -> tuple[bytes, list[PackedOp]]:
+               pack_activations: bool = True,
+               int8_convs: bool = False) -> tuple[bytes, list[PackedOp]]:
     """Rewrites eligible operators to TFLQ_PACKED; returns (flatbuffer, one PackedOp each).
 
     Then ``converters.activation_plan`` decides which max-pools are fused into the
     packed layers and which low-bit activations are stored as k-bit codes; layers that
     read or write those become TFLQ_PACKED too, with int8 rows where their weights are
     not low-bit. ``int8_pools``: fuse max-pools into int8 layers too (int8 rows);
-    ``pack_activations`` False: every activation stays int8.
+    ``pack_activations`` False: every activation stays int8. ``int8_convs``: every
+    int8 CONV_2D with more than one output position becomes int8 rows too, so that
+    ``stage_in_ram`` can copy its rows into RAM: it reads them once per output position,
+    each read a flash read on the FE310 while they stay in the model.
 
     An operator is eligible when it is an int8 FC / CONV_2D / DEPTHWISE_CONV_2D whose
     weights take <= 4 bits (``choose_encoding``) and whose blob is smaller than its int8
@@ -256,10 +265,13 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
                                 pack_activations)
     pool_names = {i: fb.tensor(model, ops[p].outputs[0]).name for i, (p, _) in plan.pools.items()}
     activation_plan.apply(model, plan, layers)
+    convs = {i for i, layer in layers.items() if int8_convs and isinstance(layer, Layer)
+             and layer.op == OP_CONV and layer.out_hw[0] * layer.out_hw[1] > 1}
+    forced = plan.forced | convs
     report, custom_index = [], None
     for index in sorted(layers):
         name = fb.op_name(model, ops[index])
-        if index not in encodings and index not in plan.forced:
+        if index not in encodings and index not in forced:
             reason = kept[index]
             report.append(PackedOp(index, name, out_names[index], None, reason,
                                    int8_bytes[index], 0))
@@ -289,7 +301,8 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
             index, name, out_names[index],
             enc.describe() if enc else "int8 rows" + (
                 " (its activations are packed)" if layer.in_packed or layer.out_packed
-                else " (a max-pool is fused)"), "",
+                else " (a max-pool is fused)" if index in plan.forced
+                else INT8_ROWS_STAGED[len("int8 rows"):]), "",
             int8_bytes[index], len(blob), estimated_per_mac(enc), pool_names.get(index, ""),
             layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else ()))
     fb.drop_unused(model)

@@ -129,3 +129,28 @@ def test_packed_weights_in_ram_leave_the_flash_alone(tmp_path):
     rows_read = sum(p.flash_reads * p.packed_bytes for p in in_ram)
     saved = flash_run.flash.bytes - in_ram_run.flash.bytes
     assert rows_read / 2 <= saved <= rows_read, (flash_run.flash, in_ram_run.flash, rows_read)
+
+
+def test_int8_conv_rows_are_copied_into_ram(tmp_path):
+    # An int8 CONV_2D reads its rows once per output position. By default the generator
+    # makes it TFLQ_PACKED int8 rows copied into the arena (packing.INT8_ROWS_STAGED),
+    # so the flash plugin must see an inference read less than the conv's weights once,
+    # where the builtin kernel (pack=False) reads them at every position; same outputs.
+    flatbuffer = _models.build("residual")
+    inputs = _models.random_inputs(flatbuffer, 3)
+    staged = micro_project.generate_project(flatbuffer, tmp_path / "ram", test_inputs=inputs)
+    builtin = micro_project.generate_project(flatbuffer, tmp_path / "builtin",
+                                             test_inputs=inputs, pack=False)
+    [conv] = [p for p in staged.packing if p.op == "CONV_2D"]
+    assert conv.encoding == packing.INT8_ROWS_STAGED and conv.in_ram, staged.packing_lines
+    assert not builtin.packing
+    runs = []
+    for project in (staged, builtin):
+        runs.append(firmware_run.run(project, flash=True))
+        assert runs[-1].exit_code == 0, runs[-1].tail()
+        firmware_run.check_bit_exact(runs[-1], inputs)
+    np.testing.assert_array_equal(runs[0].outputs, runs[1].outputs)
+    positions, weights = conv.flash_reads, conv.int8_bytes - 4 * 4  # 4 int32 biases
+    assert positions == 8 * 8
+    saved = runs[1].flash.bytes - runs[0].flash.bytes
+    assert saved >= (positions - 1) * weights, (runs[0].flash, runs[1].flash)

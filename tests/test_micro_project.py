@@ -118,7 +118,8 @@ def test_arena_in_firmware_is_the_budgeted_bound(models, tmp_path):
     flatbuffer = models["small_cnn"]
     budget = micro_project.memory_budget(flatbuffer, plan=firmware_kernels.plan(flatbuffer))
     assert budget.arena >= micro_project.memory_budget(flatbuffer).arena
-    out = micro_project.generate_project(flatbuffer, tmp_path / "cnn", fuse_pools=False)
+    out = micro_project.generate_project(flatbuffer, tmp_path / "cnn", fuse_pools=False,
+                                         weights_in_ram=False)
     main_cc = (out / "main.cc").read_text()
     assert f"kTensorArenaSize = {budget.arena};" in main_cc
     assert budget.arena % 16 == 0 and budget.total <= micro_project.RAM_BYTES
