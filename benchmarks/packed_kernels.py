@@ -71,7 +71,8 @@ def layer_rows(workdir, part):
         flatbuffer = int8_flatbuffer(model)
         variants = [("TFLM reference int8", flatbuffer, dict(kernels="reference", pack=False)),
                     ("tflq int8", flatbuffer, dict(kernels="tflq", pack=False))]
-        if name.startswith("CONV_2D"):  # the generator makes it int8 rows copied into RAM
+        if packed:  # the generator makes them int8 rows: a conv's copied into RAM, an
+            # FC's in 4-channel groups read in sequence
             variants.append(("tflq int8, generator default", flatbuffer, {}))
         for label, levels in LAYER_CODEBOOKS.items() if packed else ():
             fbuf = packing.with_weight_levels(flatbuffer, levels)
@@ -109,9 +110,10 @@ def model_rows(workdir):
                                  dict(kernels="reference", pack=False)))
                 variants.append(("int8, tflq kernels", flatbuffer, accuracy,
                                  dict(kernels="tflq", pack=False)))
-                if arch == "cnn":  # int8 rows with the pools fused, copied into RAM
-                    variants.append(("int8, tflq kernels, generator default", flatbuffer,
-                                     accuracy, {}))
+                # int8 rows: the CNN's pools fused and convs copied into RAM, FCs in
+                # 4-channel groups read in sequence
+                variants.append(("int8, tflq kernels, generator default", flatbuffer,
+                                 accuracy, {}))
             else:
                 variants.append((f"{scheme}, packed", flatbuffer, accuracy, {}))
         for label, flatbuffer, accuracy, generate in variants:

@@ -335,13 +335,29 @@ def thresholds(layer: Layer, enc: Encoding) -> np.ndarray | None:
     return out.astype(np.int32)
 
 
+def _int8_groups(w: np.ndarray) -> np.ndarray:
+    """int8 FC / CONV_2D weights (c, k) in the blob's order: 4-channel groups, each
+    ordered by input (w[c, k], .., w[c + 3, k], then k + 1), then the last c % 4 rows;
+    the 4-channel kernel loop reads them in one sequential stream."""
+    full = w.shape[0] & ~3
+    grouped = w[:full].reshape(-1, 4, w.shape[1]).transpose(0, 2, 1).reshape(-1)
+    return np.concatenate([grouped, w[full:].reshape(-1)])
+
+
+def _int8_rows(raw: np.ndarray, c: int, k: int) -> np.ndarray:
+    """The (c, k) weights of ``_int8_groups``' order."""
+    full = c & ~3
+    grouped = raw[:full * k].reshape(-1, k, 4).transpose(0, 2, 1).reshape(full, k)
+    return np.concatenate([grouped, raw[full * k:].reshape(c - full, k)])
+
+
 def pack(layer: Layer, enc: Encoding | None = None) -> bytes:
     """The TQP2 blob of ``layer`` (``enc`` None: int8 rows, for tests of the int8 path)."""
     w = np.asarray(layer.weights, np.int8)
     c, k = w.shape
     if enc is None:
         fmt, bits, flags, codebook = FMT_INT8, 8, 0, b""
-        rows = w.T if layer.op == OP_DEPTHWISE else w  # int8 depthwise: TFLite's layout
+        rows = w.T if layer.op == OP_DEPTHWISE else _int8_groups(w)  # depthwise: TFLite's
         row_bytes, weight_bytes = k, np.ascontiguousarray(rows).tobytes()
     else:
         fmt, bits, flags = enc.format, enc.bits, int(enc.per_channel)
@@ -389,7 +405,7 @@ def unpack(blob: bytes) -> tuple[Layer, Encoding | None]:
     enc = None
     if fmt == FMT_INT8:
         raw = np.frombuffer(blob, np.int8, c * k, len(blob) - c * k)
-        w = raw.reshape(k, c).T if op == OP_DEPTHWISE else raw.reshape(c, k)
+        w = raw.reshape(k, c).T if op == OP_DEPTHWISE else _int8_rows(raw, c, k)
     else:
         n = c if flags & 1 else 1
         if fmt == FMT_LUT:

@@ -203,11 +203,15 @@ def input_code_bits(model) -> dict:
 # The encoding of an int8 CONV_2D that int8_convs made TFLQ_PACKED (so that its rows
 # can be copied into RAM).
 INT8_ROWS_STAGED = "int8 rows (to be copied into RAM)"
+# An int8 FULLY_CONNECTED that int8_fcs made TFLQ_PACKED: its blob's 4-channel groups
+# (packed_format._int8_groups) are read from flash in one sequential stream.
+INT8_ROWS_SEQUENTIAL = "int8 rows (4-channel groups, read in sequence)"
 
 
 def pack_model(flatbuffer: bytes, int8_pools: bool = False,
                pack_activations: bool = True,
-               int8_convs: bool = False) -> tuple[bytes, list[PackedOp]]:
+               int8_convs: bool = False, int8_fcs: bool = False
+               ) -> tuple[bytes, list[PackedOp]]:
     """Rewrites eligible operators to TFLQ_PACKED; returns (flatbuffer, one PackedOp each).
 
     Then ``converters.activation_plan`` decides which max-pools are fused into the
@@ -217,7 +221,11 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
     ``pack_activations`` False: every activation stays int8. ``int8_convs``: every
     int8 CONV_2D with more than one output position becomes int8 rows too, so that
     ``stage_in_ram`` can copy its rows into RAM: it reads them once per output position,
-    each read a flash read on the FE310 while they stay in the model.
+    each read a flash read on the FE310 while they stay in the model. ``int8_fcs``:
+    every int8 FULLY_CONNECTED becomes int8 rows too, whose 4-channel groups tflq's
+    kernel reads in sequence: the FE310's flash serves a sequential byte in 64 cycles
+    and an isolated load in about 500 (``converters.flash_reads``), and TFLite's row
+    layout makes the 4-channel loop jump between rows.
 
     An operator is eligible when it is an int8 FC / CONV_2D / DEPTHWISE_CONV_2D whose
     weights take <= 4 bits (``choose_encoding``) and whose blob is smaller than its int8
@@ -267,7 +275,9 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
     activation_plan.apply(model, plan, layers)
     convs = {i for i, layer in layers.items() if int8_convs and isinstance(layer, Layer)
              and layer.op == OP_CONV and layer.out_hw[0] * layer.out_hw[1] > 1}
-    forced = plan.forced | convs
+    fcs = {i for i, layer in layers.items() if int8_fcs and isinstance(layer, Layer)
+           and layer.op == OP_FC}
+    forced = plan.forced | convs | fcs
     report, custom_index = [], None
     for index in sorted(layers):
         name = fb.op_name(model, ops[index])
@@ -302,7 +312,8 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
             enc.describe() if enc else "int8 rows" + (
                 " (its activations are packed)" if layer.in_packed or layer.out_packed
                 else " (a max-pool is fused)" if index in plan.forced
-                else INT8_ROWS_STAGED[len("int8 rows"):]), "",
+                else INT8_ROWS_STAGED[len("int8 rows"):] if index in convs
+                else INT8_ROWS_SEQUENTIAL[len("int8 rows"):]), "",
             int8_bytes[index], len(blob), estimated_per_mac(enc), pool_names.get(index, ""),
             layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else ()))
     fb.drop_unused(model)

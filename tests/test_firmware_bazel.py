@@ -50,7 +50,8 @@ def test_project_is_a_bazel_workspace_compiling_the_makefiles_sources(tmp_path):
         assert (project / name).is_file(), name
     build, makefile = (project / "BUILD").read_text(), (project / "Makefile").read_text()
 
-    # tflq's rv32 FC replaces TFLM's; the conv and its max-pool are one TFLQ_PACKED op.
+    # tflq's kernels: the FCs are TFLQ_PACKED int8 rows, the conv and its max-pool one
+    # TFLQ_PACKED op.
     plan = project.plan
     assert plan == firmware_kernels.plan(project.flatbuffer)
     kernels = plan.tflm_sources
@@ -59,8 +60,8 @@ def test_project_is_a_bazel_workspace_compiling_the_makefiles_sources(tmp_path):
     assert bzl_list(build, "TFLM_KERNEL_SRCS") == make_list(makefile, "TFLM_KERNEL_SRCS") \
         == list(kernels)
     assert make_list(makefile, "TFLQ_KERNEL_SRCS") == plan.project_sources
-    assert "tflq_kernels/fully_connected.cc" in build and "tflq_kernels/layer_eval.c" in build
-    assert "tflq_kernels/tflq_packed_op.cc" in build
+    assert all(f'"{source}"' in build for source in plan.project_sources)
+    assert "tflq_kernels/tflq_packed_op.cc" in build and "tflq_kernels/layer_eval.c" in build
     assert bzl_list(build, "TFLM_COPTS") == list(tflm.CXX_FLAGS)
     assert re.search(r"^TFLM_FLAGS := (.*)$", makefile, re.M).group(1) == " ".join(tflm.CXX_FLAGS)
     assert bzl_value(build, "FRAMEWORK_OPT") == tflm.FRAMEWORK_OPT

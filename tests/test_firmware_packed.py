@@ -45,13 +45,15 @@ def test_packed_firmware_is_bit_exact(name, codebook, tmp_path):
     project = micro_project.generate_project(flatbuffer, tmp_path / "packed", test_inputs=inputs)
     packed = [p for p in project.packing if p.encoding and not p.encoding.startswith("int8")]
     assert packed and {p.encoding for p in packed} == {encoding}, project.packing_lines
-    # Layers whose blob would outgrow their int8 bytes (tiny convs) keep int8 weights:
-    # builtin, or int8 rows where a max-pool is fused into them.
+    # Layers whose blob would outgrow their int8 bytes (tiny layers) keep int8 weights:
+    # builtin, or int8 rows where a max-pool is fused into them, or (FCs) in 4-channel
+    # groups read in sequence.
     kept = [p for p in project.packing if not p.encoding]
     assert all("would not be smaller" in p.reason for p in kept), project.packing_lines
     rows = [p for p in project.packing if p.encoding and p.encoding.startswith("int8")]
-    assert all(p.pool and p.encoding == "int8 rows (a max-pool is fused)" for p in rows), \
-        project.packing_lines
+    assert all(p.encoding == packing.INT8_ROWS_SEQUENTIAL if p.op == "FULLY_CONNECTED"
+               else p.pool and p.encoding == "int8 rows (a max-pool is fused)"
+               for p in rows), project.packing_lines
     if name == "dw_large":
         assert "DEPTHWISE_CONV_2D" in {p.op for p in packed}, project.packing_lines
     # The README says what the result says.

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from tflq.converters import firmware_kernels, firmware_run, micro_project, tflm, tflm_host, toolchain
+from tflq.converters import (firmware_kernels, firmware_run, micro_project, packing, tflm,
+                             tflm_host, toolchain)
 
 pytestmark = [pytest.mark.firmware, pytest.mark.usefixtures("firmware_tools")]
 
@@ -98,13 +99,19 @@ def test_mlperf_autoencoder_inputs_the_wheel_gets_wrong_run_as_the_host_build_sa
 
 
 def test_a_model_tflq_kernels_would_not_fit_gets_the_reference_kernel_and_runs(tmp_path):
-    """Ten Dense layers, 128-104: with tflq's FC kernel (4 B more per output channel) the
-    arena is about 14.2 KiB and the firmware does not fit 16 KiB; with TFLM's it does. The
-    generator picks TFLM's, says why, and the firmware runs as the host build says."""
+    """Ten Dense layers, 128-104, kept builtin (pack=False): with tflq's FC kernel (4 B
+    more per output channel) the arena is about 14.2 KiB and the firmware does not fit
+    16 KiB; with TFLM's it does. The generator picks TFLM's, says why, and the firmware
+    runs as the host build says. By default the FCs are TFLQ_PACKED int8 rows, which
+    fit."""
     _models.keras.utils.set_random_seed(0)
     flatbuffer = _models.to_int8_tflite(_models.autoencoder(inputs=128, hidden=104))
     inputs = _models.random_inputs(flatbuffer, 4)
-    project = micro_project.generate_project(flatbuffer, tmp_path / "ae", test_inputs=inputs)
+    default = micro_project.generate_project(flatbuffer, tmp_path / "rows")
+    assert {p.encoding for p in default.packing} == {packing.INT8_ROWS_SEQUENTIAL}
+    assert default.budget.total <= micro_project.RAM_BYTES
+    project = micro_project.generate_project(flatbuffer, tmp_path / "ae", test_inputs=inputs,
+                                             pack=False)
     info = firmware_run.project_info(project)
     assert info["rv32_int8"] == [], info
     assert "FULLY_CONNECTED keeps TFLM's reference kernel (RAM:" in info["kernels_note"]

@@ -123,6 +123,26 @@ def test_c_kernels_equal_tflm_reference_arithmetic(host, op, name):
                                       err_msg=f"{name} trial {trial}: {layer}")
 
 
+@pytest.mark.parametrize("op", [packing.OP_FC, packing.OP_CONV], ids=["fc", "conv"])
+def test_int8_blob_weights_are_4_channel_groups_in_input_order(op):
+    # The 4-channel loop reads a group's weights as one sequential stream (the FE310's
+    # flash serves a byte after the last one without a new command): w[c..c+3, k] at
+    # group offset 4k. 7 channels: one group, then 3 rows.
+    rng = np.random.default_rng(7)
+    layer = random_layer(rng, op, CODEBOOKS["int8"])
+    layer.weights = rng.integers(-128, 128, (7, 5)).astype(np.int8)
+    layer.bias = layer.bias[:1].repeat(7)
+    layer.multiplier, layer.shift = layer.multiplier[:1].repeat(7), layer.shift[:1].repeat(7)
+    if op == packing.OP_CONV:
+        layer.in_hwc, layer.kernel = (*layer.in_hwc[:2], 5), (1, 1)
+    blob = packing.pack(layer, None)
+    stored = np.frombuffer(blob, np.int8, 35, len(blob) - 35)
+    w = layer.weights
+    np.testing.assert_array_equal(stored[:20], w[:4].T.reshape(-1))
+    np.testing.assert_array_equal(stored[20:], w[4:].reshape(-1))
+    np.testing.assert_array_equal(packing.unpack(blob)[0].weights, w)
+
+
 @pytest.mark.parametrize("name", list(CODEBOOKS))
 def test_depthwise_3x3_loop_equals_tflm_reference_arithmetic(host, name):
     # Sizes from 1x1 up, SAME and VALID: padding on every side, and inputs narrower

@@ -26,10 +26,11 @@ PROJECT_FILES = {
     "bazel/rules_cc_shim/cc/defs.bzl",
     # the firmware's own flatbuffer and the generator's decisions (converters.firmware_run)
     "model.tflite", "tflq_project.json", "test_inputs.npy"}
-# tflq's kernels for a FULLY_CONNECTED-only int8 model (kernels="tflq", the default).
+# tflq's kernels for a FULLY_CONNECTED-only int8 model (kernels="tflq", the default):
+# its FCs become TFLQ_PACKED int8 rows (4-channel groups read from flash in sequence).
 RV32_FC_FILES = {f"tflq_kernels/{n}" for n in (
     "tflq_kernels.h", "tflq_requantize.h", "layer_check.c", "layer_eval.c", "tflq_ops.h", "int8_common.cc",
-    "fully_connected.cc")}
+    "tflq_packed_op.cc")}
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +75,25 @@ def test_project_holds_model_ops_and_data(models, tmp_path):
     assert not [p for p in out.rglob("*") if p.is_file() and "{{" in p.read_text(errors="replace")]
     model_cc = (out / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_model_data[]" in model_cc
-    assert bytes(parse_c_array(model_cc, "g_model_data")) == flatbuffer
+    assert bytes(parse_c_array(model_cc, "g_model_data")) == out.flatbuffer
+    assert [p.encoding for p in out.packing] == [packing.INT8_ROWS_SEQUENTIAL] * 2
     test_cc = (out / "test_data.cc").read_text()
     assert np.array_equal(parse_c_array(test_cc, "g_test_inputs"), inputs.reshape(-1))
     assert "kNumTestInputs = 5;" in (out / "test_data.h").read_text()
-    assert (out / "model.tflite").read_bytes() == flatbuffer
+    assert (out / "model.tflite").read_bytes() == out.flatbuffer
+    assert (reference / "model.tflite").read_bytes() == flatbuffer
     info = json.loads((out / "tflq_project.json").read_text())
-    assert info["kernels"] == "tflq" and info["rv32_int8"] == ["FULLY_CONNECTED"]
+    assert info["kernels"] == "tflq" and info["rv32_int8"] == []
     assert info["num_test_inputs"] == 5 and info["budget"]["arena"] > 0
 
 
 @pytest.mark.parametrize("choice", ["reference", "tflq"])
 @pytest.mark.parametrize("name, ops, fused", [
-    ("mlp", ["FULLY_CONNECTED"], []),
-    # tflq's kernels: the conv and its max-pool become one TFLQ_PACKED op (int8 rows).
+    # tflq's kernels: FCs become TFLQ_PACKED int8 rows, and so do the conv and its
+    # max-pool, as one op.
+    ("mlp", ["FULLY_CONNECTED"], ["FULLY_CONNECTED"]),
     ("small_cnn", ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE"],
-     ["CONV_2D", "MAX_POOL_2D"]),
+     ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D"]),
 ])
 def test_resolver_registers_exactly_the_model_ops(models, tmp_path, name, ops, fused, choice):
     flatbuffer = models[name]
@@ -111,15 +115,15 @@ def test_resolver_registers_exactly_the_model_ops(models, tmp_path, name, ops, f
     assert listed == want
     tflq_sources = re.search(r"TFLQ_KERNEL_SRCS := \\\n(.*?)\n\n", makefile, re.S).group(1)
     assert ("tflq_kernels/conv.cc" in tflq_sources) == ("CONV_2D" in ops and choice == "tflq")
-    assert ("tflq_kernels/fully_connected.cc" in tflq_sources) == (choice == "tflq")
+    assert ("tflq_kernels/fully_connected.cc" in tflq_sources) == (
+        "FULLY_CONNECTED" in ops and choice == "tflq")
 
 
 def test_arena_in_firmware_is_the_budgeted_bound(models, tmp_path):
     flatbuffer = models["small_cnn"]
     budget = micro_project.memory_budget(flatbuffer, plan=firmware_kernels.plan(flatbuffer))
     assert budget.arena >= micro_project.memory_budget(flatbuffer).arena
-    out = micro_project.generate_project(flatbuffer, tmp_path / "cnn", fuse_pools=False,
-                                         weights_in_ram=False)
+    out = micro_project.generate_project(flatbuffer, tmp_path / "cnn", pack=False)
     main_cc = (out / "main.cc").read_text()
     assert f"kTensorArenaSize = {budget.arena};" in main_cc
     assert budget.arena % 16 == 0 and budget.total <= micro_project.RAM_BYTES

@@ -185,6 +185,7 @@ void tflq_layer_decode(const uint8_t* b, tflq_layer_t* l) {
   l->act_min = (int32_t)u32(b + 40);
   l->act_max = (int32_t)u32(b + 44);
   l->row_bytes = (int)u32(b + 48);
+  l->int8_groups = l->format == TFLQ_FMT_INT8 && l->op != TFLQ_OP_DEPTHWISE;
   l->in_packed = b[56];
   l->out_packed = b[57];
   l->pool_kh = b[58];

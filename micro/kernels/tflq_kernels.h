@@ -4,8 +4,15 @@
  * One layer (FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D) is a tflq_layer_t. Its
  * weights are read where they are stored (flash or RAM) and never expanded:
  *
- *   TFLQ_FMT_INT8    int8 in TFLite's filter layout: a row of `depth` bytes per
- *                    output channel (DEPTHWISE_CONV_2D: (kh * kw, out_channels)).
+ *   TFLQ_FMT_INT8    int8: in a blob (FC, CONV_2D), output channels in groups of
+ *                    4, each group's 4 * depth bytes ordered by input (w[c][k],
+ *                    w[c+1][k], w[c+2][k], w[c+3][k], then k + 1), so the 4-channel
+ *                    loop reads the weights as one sequential stream, which the
+ *                    FE310's flash serves without a new command per load; the last
+ *                    out_channels % 4 channels as rows of `depth` bytes. Filled from
+ *                    TFLite tensors (int8_groups 0): TFLite's layout, a row per
+ *                    output channel (DEPTHWISE_CONV_2D, blob or not: (kh * kw,
+ *                    out_channels)).
  *   TFLQ_FMT_PLANES  an affine codebook per channel, w = v0 + d * code, code of
  *                    `bits` (1..4) bits stored as bit-planes: per 8 inputs, `bits`
  *                    bytes; byte j holds bit j of the 8 codes (low nibble: inputs
@@ -69,7 +76,7 @@
  *      output codes (2..4): output = act_min + #{t : acc >= t} for acc = sum(a * w) +
  *      bias_eff, which equals requantize-and-clamp because requantization is monotone
  *      (converters/packed_format.py proves it on the acc range when it writes them)
- *      weights: C rows of row_bytes (INT8: depth; BITSERIAL: 4 * bits * ceil(depth /
+ *      weights: C rows of row_bytes (INT8: depth, FC / CONV_2D in groups of 4 as above; BITSERIAL: 4 * bits * ceil(depth /
  *      32), so rows are word-aligned; else bits * ceil(depth / 8))
  */
 #ifndef TFLQ_KERNELS_H_
@@ -104,6 +111,7 @@ typedef struct {
   const int32_t* thresholds;  /* BITSERIAL: out_levels - 1 per channel, or NULL */
   const int8_t* levels;       /* LUT: 2^bits levels per channel or one set */
   const uint8_t* weights;     /* out_channels rows of row_bytes */
+  int int8_groups;            /* INT8 FC / CONV_2D from a blob: 4-channel groups (above) */
   int in_packed, out_packed;  /* k of packed input / output codes (1..4); 0: int8 */
   int pool_kh, pool_kw, pool_stride_h, pool_stride_w, pool_pad_top, pool_pad_left;
   int pool_out_h, pool_out_w; /* fused max-pool (pool_kh 0: none) */
