@@ -228,7 +228,11 @@ NO_PRESCHEDULE static void int8_vector(const tflq_layer_t* l, const int8_t* x, i
   const int depth = l->depth;
   const int8_t* w = (const int8_t*)l->weights;
   int c = 0;
-  if (l->int8_groups) { /* a blob's 4-channel groups: one pointer, read in sequence */
+  /* A blob's 4-channel groups: one pointer, read in sequence. The unrolled body is
+   * written out input by input: gcc keeps that order with the scheduling passes off
+   * (NO_PRESCHEDULE); with a helper called per input, rv32 gcc -O2 regrouped the
+   * loads by channel (w[0], w[4], w[8], ...) and broke the sequential stream. */
+  if (l->int8_groups) {
     for (; c + 4 <= l->out_channels; c += 4) {
       int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
       const int8_t* xp = x;
