@@ -49,19 +49,23 @@ class HostKernels:
         self._lib.tflq_requantize.restype = ctypes.c_int32
         self._lib.tflq_requantize.argtypes = [ctypes.c_int32] * 3
 
-    def parse(self, blob: bytes):
-        """(layer struct, blob buffer) or raises TflqError with the C message."""
+    def parse(self, blob: bytes, stage_channels: int = 0):
+        """(layer struct, blob buffer) or raises TflqError with the C message;
+        ``stage_channels`` as TFLQ_PACKED's custom options set it."""
         buf = ctypes.create_string_buffer(bytes(blob), len(blob))  # malloc: aligned
         layer = ctypes.create_string_buffer(_LAYER_BYTES)
         err = ctypes.create_string_buffer(256)
         if self._lib.tflq_layer_parse(buf, ctypes.c_size_t(len(blob)), layer, err, 256) != 0:
             raise TflqError(err.value.decode())
+        if stage_channels and self._lib.tflq_layer_stage(layer, stage_channels, err, 256) != 0:
+            raise TflqError(err.value.decode())
         return layer, buf
 
-    def eval(self, blob: bytes, x: np.ndarray, out_size: int) -> np.ndarray:
+    def eval(self, blob: bytes, x: np.ndarray, out_size: int, stage_channels: int = 0
+             ) -> np.ndarray:
         """Runs the blob's layer on ``x`` (batch, input bytes: int8 values or packed codes)
         -> (batch, out_size bytes) as int8."""
-        layer, buf = self.parse(blob)
+        layer, buf = self.parse(blob, stage_channels)
         x = np.ascontiguousarray(x).view(np.int8)
         out = np.zeros((x.shape[0], out_size), np.int8)
         scratch = np.zeros(self._lib.tflq_scratch_bytes(layer) // 4 + 1, np.int32)
@@ -70,7 +74,7 @@ class HostKernels:
         del buf
         return out
 
-    def run(self, blob: bytes, x: np.ndarray) -> np.ndarray:
+    def run(self, blob: bytes, x: np.ndarray, stage_channels: int = 0) -> np.ndarray:
         """The layer on int8 values ``x`` (batch, ...) -> int8 values (batch, outputs):
         packs the input and unpacks the output as the blob's in_packed / out_packed say."""
         layer, _ = packed_format.unpack(blob)
@@ -78,13 +82,14 @@ class HostKernels:
         if layer.in_packed:
             x = packed_format.pack_activations(x, layer.in_packed)
         values = int(np.prod(layer.output_hw)) * layer.out_channels
-        out = self.eval(blob, x, packed_format.activation_bytes(values, layer.out_packed))
+        out = self.eval(blob, x, packed_format.activation_bytes(values, layer.out_packed),
+                        stage_channels)
         if layer.out_packed:
             out = packed_format.unpack_activations(out.view(np.uint8), layer.out_packed, values)
         return out
 
-    def scratch_bytes(self, blob: bytes) -> int:
-        layer, _ = self.parse(blob)
+    def scratch_bytes(self, blob: bytes, stage_channels: int = 0) -> int:
+        layer, _ = self.parse(blob, stage_channels)
         return int(self._lib.tflq_scratch_bytes(layer))
 
     def requantize(self, acc: int, multiplier: int, shift: int) -> int:

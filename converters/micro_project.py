@@ -108,7 +108,10 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     ``weights_in_ram``: where the RAM left after all that allows, packed layers' weights
     are copied into the arena at AllocateTensors (``packing.stage_in_ram``: CONV_2D
     first, which reads its rows once per output position), so an inference reads them
-    from RAM and not from the FE310's slow SPI flash (``converters.flash_reads``).
+    from RAM and not from the FE310's slow SPI flash (``converters.flash_reads``). A
+    CONV_2D whose lasting copy does not fit is staged at every Eval instead
+    (``packing.stage_per_eval``): its kernel copies blocks of output channels' rows
+    into scratch, which ops share, so an inference reads the blob from flash once.
     Which layers were packed, and why the others were not, and whose weights are in
     RAM, is logged and written into the project's README.
 
@@ -185,7 +188,7 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
             lambda b: placed(b, len(packed)).total <= RAM_BYTES)
         budget = placed(budget, len(packed))
         if weights_in_ram and not model_in_ram and budget.total <= RAM_BYTES:
-            packed, ops, budget = _weights_in_ram(
+            packed, ops, budget = _weights_staged(
                 packed, int8_flatbuffer, kernel_plan, budget, ops, io.name,
                 lambda b: placed(b, len(packed)))
         return packed, ops, kernel_plan, budget
@@ -195,8 +198,8 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     staging_convs = (pack is not False and kernels == "tflq" and weights_in_ram
                      and not model_in_ram)
     flatbuffer, packed_ops, plan, budget = layout(staging_convs)
-    if staging_convs and any(p.encoding == packing.INT8_ROWS_STAGED and not p.in_ram
-                             for p in packed_ops):
+    if staging_convs and any(p.encoding == packing.INT8_ROWS_STAGED
+                             and not (p.in_ram or p.stage_channels) for p in packed_ops):
         flatbuffer, packed_ops, plan, budget = layout(False)
     if variant is not None:
         plan = dataclasses.replace(plan, project_files={**plan.project_files,
@@ -230,6 +233,50 @@ def _weights_in_ram(flatbuffer, int8_flatbuffer, plan, budget, packed_ops, name,
             return staged, ops, staged_budget
         left -= staged_budget.total - RAM_BYTES  # the arena grew by more than the copies
     return flatbuffer, packed_ops, budget
+
+
+def _weights_staged(flatbuffer, int8_flatbuffer, plan, budget, packed_ops, name, placed):
+    """Packed weights copied into RAM for good where they fit (``_weights_in_ram``), and
+    the CONV_2D blobs left in flash staged at every Eval (``_weights_per_eval``). If that
+    leaves a CONV_2D reading its rows from flash at every output position, the other
+    order is tried too (every CONV_2D staged per Eval first: TFLM's scratch is shared
+    between ops, lasting copies are not; then lasting copies in the RAM left), and the
+    one leaving fewer such layers kept."""
+    def unstaged(result):
+        return len(packing.rereads_from_flash(result[0]))
+
+    args = (int8_flatbuffer, plan)
+    lasting = _weights_in_ram(flatbuffer, *args, budget, packed_ops, name, placed)
+    first = _weights_per_eval(*lasting[:1], *args, lasting[2], lasting[1], name, placed)
+    if not unstaged(first):
+        return first
+    per_eval = _weights_per_eval(flatbuffer, *args, budget, packed_ops, name, placed)
+    second = _weights_in_ram(per_eval[0], *args, per_eval[2], per_eval[1], name, placed)
+    return second if unstaged(second) < unstaged(first) else first
+
+
+# Channels per staged block that _weights_per_eval tries, after all of a layer's: fewer
+# take less scratch and repeat the patch (and shared tables) once per block.
+STAGE_CHANNELS = (16, 8, 4)
+
+
+def _weights_per_eval(flatbuffer, int8_flatbuffer, plan, budget, packed_ops, name, placed):
+    """The flatbuffer with the CONV_2D blobs left in flash staged into scratch at every
+    Eval (``packing.stage_per_eval``): each in turn, the most flash bytes saved first,
+    with the most channels per block whose measured budget fits beside those before it;
+    a layer for which even 4 do not fit stays as it is."""
+    chosen = {}
+    result = flatbuffer, packed_ops, budget
+    for index in packing.per_eval_candidates(flatbuffer, packed_ops):
+        for channels in (1 << 16) - 1, *STAGE_CHANNELS:
+            fbuf, ops = packing.stage_per_eval(flatbuffer, packed_ops,
+                                               {**chosen, index: channels})
+            staged = placed(ram_budget.memory_budget(int8_flatbuffer, fbuf, plan, name))
+            if staged.total <= RAM_BYTES:
+                chosen[index] = channels
+                result = fbuf, ops, staged
+                break
+    return result
 
 
 @dataclasses.dataclass(frozen=True)

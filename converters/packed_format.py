@@ -491,6 +491,34 @@ def reference(layer: Layer, x: np.ndarray) -> np.ndarray:
 # ---- flatbuffer operators <-> layers ----
 
 
+def row_bytes(layer: Layer, enc: Encoding | None) -> int:
+    """Bytes of one output channel's weight row in the blob (the header's row_bytes)."""
+    if enc is None:
+        return layer.depth
+    if enc.format == FMT_BITSERIAL:
+        return 4 * enc.bits * -(-layer.depth // 32)
+    return enc.bits * -(-layer.depth // 8)
+
+
+def stage_bytes(layer: Layer, enc: Encoding | None, channels: int) -> int:
+    """Scratch a CONV_2D staged ``channels`` output channels at a time adds
+    (tflq_stage_bytes): their rows, then every per-channel constant the kernel reads:
+    bias, multiplier and shift (int32), output thresholds (int32, act_max - act_min per
+    channel), affine (v0, d) pairs (int16) or int8 levels (one set when shared), each
+    part rounded up to 4 bytes."""
+    words = 3 * channels
+    codebooks = channels if enc is not None and enc.per_channel else 1
+    extra = 0
+    if enc is not None:
+        if enc.thresholds:
+            words += channels * (layer.act_max - layer.act_min)
+        if enc.format in (FMT_PLANES, FMT_BITSERIAL):
+            extra = 4 * codebooks
+        elif enc.format == FMT_LUT:
+            extra = -(-(codebooks << enc.bits) // 4) * 4
+    return -(-channels * row_bytes(layer, enc) // 4) * 4 + 4 * words + extra
+
+
 def scratch_bytes(layer: Layer, enc: Encoding | None) -> int:
     """RAM tflq_scratch_bytes (micro/kernels) requests for ``layer``: a row of output
     channels when they are packed or pooled, CONV_2D's patch (or a packed FC input,

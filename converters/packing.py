@@ -12,6 +12,7 @@ Requantization is precomputed here exactly as TFLM computes it at Prepare
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import numpy as np
 
@@ -23,8 +24,8 @@ from tflq.converters.packed_format import (  # noqa: F401
     FORMAT_NAMES, HEADER, MAX_BITS,
     OP_CONV, OP_DEPTHWISE, OP_FC, OP_NAMES, Encoding, Layer, bias_eff, bit_serial,
     same_padding as _same_padding,
-    choose_encoding, estimated_per_mac, input_low, pack, reference, scratch_bytes, thresholds,
-    unpack)
+    choose_encoding, estimated_per_mac, input_low, pack, reference, scratch_bytes, stage_bytes,
+    thresholds, unpack)
 from tflq.converters.requantize import quantize_multiplier
 from tflq.errors import TflqError
 
@@ -135,6 +136,8 @@ class PackedOp:
     out_bits: int = 0  # writes k-bit packed codes (0: int8)
     out_bytes: tuple = ()  # (int8, packed) arena bytes of a packed output
     in_ram: bool = False  # the blob is copied into the arena at Prepare (stage_in_ram)
+    stage_channels: int = 0  # its rows are copied into scratch this many channels at a
+    # time at every Eval (stage_per_eval); 0: read in place
     flash_reads: int = 0  # times an inference reads the blob's rows when they stay in flash
 
 
@@ -159,6 +162,10 @@ def packing_lines(packed_ops) -> list[str]:
             line += (f"; weights in RAM ({p.packed_bytes} B copied from flash once, at "
                      f"AllocateTensors; in flash an inference would read them "
                      f"{p.flash_reads} time{'s' if p.flash_reads > 1 else ''})")
+        if p.stage_channels:
+            line += (f"; weights staged in RAM at every inference, {p.stage_channels} "
+                     f"channels at a time (read from flash once per inference, not "
+                     f"{p.flash_reads} times)")
         lines.append(line)
     return lines
 
@@ -338,6 +345,29 @@ def _packed_blobs(model):
             yield tensor, model.buffers[tensor.buffer]
 
 
+def _staging_candidates(model, packed_ops):
+    """``packed_ops`` with ``flash_reads`` filled in, and (reads, blob bytes, op index,
+    buffer) for each blob this packing made (not a TFLQ_PACKED op the input model had).
+    A CONV_2D reads its rows out_h x out_w times; FC and DEPTHWISE_CONV_2D once."""
+    by_name = {p.output + "/tflq_packed": i for i, p in enumerate(packed_ops) if p.encoding}
+    ops, candidates = list(packed_ops), []
+    for tensor, buffer in _packed_blobs(model):
+        index = by_name.get(tensor.name.decode(errors="replace") if tensor.name else "")
+        if index is None:
+            continue
+        layer, _ = unpack(bytes(bytearray(buffer.data)))
+        reads = layer.out_hw[0] * layer.out_hw[1] if layer.op == OP_CONV else 1
+        ops[index] = dataclasses.replace(ops[index], flash_reads=reads)
+        candidates.append((reads, len(buffer.data), index, buffer))
+    return ops, candidates
+
+
+def _set_flag(buffer, flag: int) -> None:
+    data = np.array(buffer.data, np.uint8)
+    data[FLAGS_OFFSET] |= flag
+    buffer.data = data
+
+
 def stage_in_ram(flatbuffer: bytes, packed_ops, ram_left: int) -> tuple[bytes, list[PackedOp]]:
     """Marks packed blobs TFLQ_FLAG_IN_RAM while their copies fit ``ram_left`` bytes.
 
@@ -345,28 +375,93 @@ def stage_in_ram(flatbuffer: bytes, packed_ops, ram_left: int) -> tuple[bytes, l
     isolated load) against 2 from RAM (converters/flash_reads.py), and a CONV_2D reads
     its rows once per output position. So the layers whose rows an inference reads most
     often go first (CONV_2D: out_h x out_w times; FC and DEPTHWISE_CONV_2D once), larger
-    blobs first among equals. Returns the flatbuffer and ``packed_ops`` with ``in_ram``
-    and ``flash_reads`` filled in."""
+    blobs first among equals. A blob copied into RAM is no longer staged at every Eval
+    (``stage_per_eval``: its custom options are cleared). Returns the flatbuffer and
+    ``packed_ops`` with ``in_ram`` and ``flash_reads`` filled in."""
     model = fb.load(bytes(flatbuffer))
+    ops, candidates = _staging_candidates(model, packed_ops)
+    for reads, size, index, buffer in sorted(candidates, key=lambda c: (-c[0], -c[1], c[2])):
+        if not ops[index].in_ram and staged_bytes(size) <= ram_left:
+            ram_left -= staged_bytes(size)
+            _set_flag(buffer, FLAG_IN_RAM)
+            ops[index] = dataclasses.replace(ops[index], in_ram=True, stage_channels=0)
+    for op, index, _ in _packed_operators(model, ops):
+        if ops[index].in_ram:
+            op.customOptions = None
+    return fb.dump(model), ops
+
+
+def _packed_operators(model, packed_ops):
+    """(operator, index into ``packed_ops``, its blob's buffer) for each TFLQ_PACKED
+    operator this packing made."""
     by_name = {p.output + "/tflq_packed": i for i, p in enumerate(packed_ops) if p.encoding}
-    ops = list(packed_ops)
-    candidates = []
-    for tensor, buffer in _packed_blobs(model):
+    sg = model.subgraphs[0]
+    for op in sg.operators:
+        if fb.op_name(model, op) != CUSTOM_CODE:
+            continue
+        tensor = sg.tensors[op.inputs[1]]
         index = by_name.get(tensor.name.decode(errors="replace") if tensor.name else "")
-        if index is None:  # a TFLQ_PACKED op the input model already had: left as it is
+        if index is not None:
+            yield op, index, model.buffers[tensor.buffer]
+
+
+def per_eval_candidates(flatbuffer: bytes, packed_ops) -> list[int]:
+    """Indices into ``packed_ops`` of the blobs worth staging at every Eval
+    (``stage_per_eval``): read more than once per inference (CONV_2D), not in RAM
+    already; the most flash bytes saved first."""
+    ops, candidates = _staging_candidates(fb.load(bytes(flatbuffer)), packed_ops)
+    return [index for reads, size, index, _ in
+            sorted(candidates, key=lambda c: (-(c[0] - 1) * c[1], c[2]))
+            if reads > 1 and not ops[index].in_ram]
+
+
+def stage_per_eval(flatbuffer: bytes, packed_ops, channels: dict) -> tuple[bytes, list[PackedOp]]:
+    """Gives the TFLQ_PACKED CONV_2D of ``packed_ops[i]`` the custom options
+    stage_channels = ``channels[i]`` (a little-endian u16; capped at its output
+    channels): at every Eval its kernel copies that many channels' rows and constants
+    at a time into its scratch and runs them over every output position, so an
+    inference reads the blob from flash once, in sequence, instead of once per output
+    position. Scratch is shared between ops (TFLM plans it by lifetime), so this fits
+    where lasting copies (``stage_in_ram``) do not. Returns the flatbuffer and
+    ``packed_ops`` with ``stage_channels`` and ``flash_reads`` filled in."""
+    model = fb.load(bytes(flatbuffer))
+    ops, _ = _staging_candidates(model, packed_ops)
+    for op, index, buffer in _packed_operators(model, ops):
+        if index not in channels:
             continue
         layer, _ = unpack(bytes(bytearray(buffer.data)))
-        reads = layer.out_hw[0] * layer.out_hw[1] if layer.op == OP_CONV else 1
-        ops[index] = dataclasses.replace(ops[index], flash_reads=reads)
-        candidates.append((reads, len(buffer.data), index, buffer))
-    for reads, size, index, buffer in sorted(candidates, key=lambda c: (-c[0], -c[1], c[2])):
-        if staged_bytes(size) <= ram_left:
-            ram_left -= staged_bytes(size)
-            data = np.array(buffer.data, np.uint8)
-            data[FLAGS_OFFSET] |= FLAG_IN_RAM
-            buffer.data = data
-            ops[index] = dataclasses.replace(ops[index], in_ram=True)
+        n = min(int(channels[index]), layer.out_channels)
+        if layer.op != OP_CONV or ops[index].in_ram or not (n == layer.out_channels or n % 4 == 0):
+            raise TflqError(f"{ops[index].output!r}: cannot stage {n} channels at a time "
+                            "(CONV_2D with weights in flash only; a multiple of 4, or all)")
+        op.customOptions = np.frombuffer(struct.pack("<H", n), np.uint8).copy()
+        ops[index] = dataclasses.replace(ops[index], stage_channels=n)
     return fb.dump(model), ops
+
+
+def rereads_from_flash(flatbuffer: bytes) -> list[str]:
+    """The layers (``PackedOp.output``) whose TFLQ_PACKED blobs an inference reads from
+    flash more than once: CONV_2D neither in RAM (TFLQ_FLAG_IN_RAM) nor staged per Eval."""
+    model = fb.load(bytes(flatbuffer))
+    sg = model.subgraphs[0]
+    names = []
+    for op in sg.operators:
+        if fb.op_name(model, op) != CUSTOM_CODE:
+            continue
+        tensor = sg.tensors[op.inputs[1]]
+        blob = bytes(bytearray(model.buffers[tensor.buffer].data))
+        layer, _ = unpack(blob)
+        if (layer.op == OP_CONV and layer.out_hw[0] * layer.out_hw[1] > 1
+                and not blob[FLAGS_OFFSET] & FLAG_IN_RAM and not stage_channels_of(op)):
+            names.append((tensor.name or b"").decode(errors="replace").removesuffix(
+                "/tflq_packed"))
+    return names
+
+
+def stage_channels_of(op) -> int:
+    """A TFLQ_PACKED operator's stage_channels custom option (0: none)."""
+    options = bytes(bytearray(op.customOptions)) if op.customOptions is not None else b""
+    return struct.unpack("<H", options)[0] if len(options) == 2 else 0
 
 
 def model_staged_bytes(flatbuffer: bytes) -> int:
@@ -376,13 +471,16 @@ def model_staged_bytes(flatbuffer: bytes) -> int:
 
 
 def model_scratch_bytes(flatbuffer: bytes) -> int:
-    """Sum of scratch RAM over a packed model's TFLQ_PACKED operators."""
+    """Sum of scratch RAM over a packed model's TFLQ_PACKED operators (staged blocks of
+    rows included, ``stage_per_eval``)."""
     model = fb.load(bytes(flatbuffer))
     total = 0
     for op in model.subgraphs[0].operators:
         if fb.op_name(model, op) == CUSTOM_CODE:
             t = model.subgraphs[0].tensors[op.inputs[1]]
-            total += scratch_bytes(*unpack(bytes(bytearray(model.buffers[t.buffer].data))))
+            layer, enc = unpack(bytes(bytearray(model.buffers[t.buffer].data)))
+            stage = stage_channels_of(op)
+            total += scratch_bytes(layer, enc) + (stage_bytes(layer, enc, stage) if stage else 0)
     return total
 
 

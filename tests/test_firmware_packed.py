@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import _models
+import tf_keras as keras
+from tflq import models
 from tflq.converters import firmware_run, micro_project, packing, project_files, tflm_host
 from test_firmware_qemu import build_and_run
 
@@ -156,3 +158,55 @@ def test_int8_conv_rows_are_copied_into_ram(tmp_path):
     assert positions == 8 * 8
     saved = runs[1].flash.bytes - runs[0].flash.bytes
     assert saved >= (positions - 1) * weights, (runs[0].flash, runs[1].flash)
+
+
+@pytest.mark.parametrize("codebook", [None, "fixed4"])
+def test_conv_rows_too_big_for_ram_are_staged_block_by_block(codebook, tmp_path):
+    # A CONV_2D whose rows (int8, or 4-bit planes) do not fit the RAM left for a lasting
+    # copy is staged at every Eval, a few output channels at a time, into scratch: the
+    # flash plugin must see an inference read its blob about once, where the same
+    # firmware without staging (weights_in_ram=False) reads it at every output
+    # position; same outputs, both bit-exact with the host reference.
+    flatbuffer = _models.build("wide_conv")
+    if codebook:
+        flatbuffer = _models.with_codebook(flatbuffer, CODEBOOKS[codebook][0])
+    inputs = _models.random_inputs(flatbuffer, 2)
+    staged = micro_project.generate_project(flatbuffer, tmp_path / "staged", test_inputs=inputs)
+    flash = micro_project.generate_project(flatbuffer, tmp_path / "flash", test_inputs=inputs,
+                                           weights_in_ram=False)
+    [conv] = [p for p in staged.packing if p.op == "CONV_2D"]
+    assert conv.encoding and not conv.in_ram, staged.packing_lines
+    assert 0 < conv.stage_channels < 32 and conv.stage_channels % 4 == 0, staged.packing_lines
+    assert conv.flash_reads == 12 * 12
+    assert (f"{conv.stage_channels} channels at a time" in (staged / "README.md").read_text())
+    assert staged.budget.total <= micro_project.RAM_BYTES
+    runs = []
+    for project in (staged, flash):
+        runs.append(firmware_run.run(project, flash=True))
+        assert runs[-1].exit_code == 0, runs[-1].tail()
+        firmware_run.check_bit_exact(runs[-1], inputs)
+    np.testing.assert_array_equal(runs[0].outputs, runs[1].outputs)
+    # Per inference (the plugin's mean over windows): the blob once when staged, plus
+    # TFLM's own reads, the same in both; 144 times in place.
+    blob = conv.packed_bytes
+    per_inference = [r.flash.bytes for r in runs]
+    # (In place, a kernel may read a constant more than once per position.)
+    saved = per_inference[1] - per_inference[0]
+    assert saved >= 0.9 * (conv.flash_reads - 1) * blob, (runs[0].flash, runs[1].flash, blob)
+    other = per_inference[0] - blob
+    assert other < blob, (runs[0].flash, blob)
+
+
+def test_generator_leaves_no_conv_reading_its_rows_from_flash_at_every_position(tmp_path):
+    # DS-CNN with ternary weights: copying the first convs into RAM for good leaves no
+    # room to stage the last ones, so the generator must try per-Eval staging first.
+    # (Generation only: the RAM budget is measured with TFLM built for ILP32.)
+    keras.utils.set_random_seed(0)
+    flatbuffer = packing.with_weight_levels(
+        _models.to_int8_tflite(models.build("ds_cnn", (49, 10, 1), 12)), [-60, 0, 60])
+    project = micro_project.generate_project(flatbuffer, tmp_path / "p")
+    convs = [p for p in project.packing if p.op == "CONV_2D"]
+    assert len(convs) == 5 and all(p.encoding for p in convs), project.packing_lines
+    assert packing.rereads_from_flash(project.flatbuffer) == [], project.packing_lines
+    assert all(p.in_ram or p.stage_channels for p in convs)
+    assert project.budget.total <= micro_project.RAM_BYTES

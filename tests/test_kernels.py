@@ -268,6 +268,56 @@ def test_packed_activations_and_fused_pools_equal_the_reference(host, op, name):
     assert len(seen) >= (3 if op == packing.OP_FC else 5)  # int8 / packed in and out, pooled or not
 
 
+def _conv_cases(rng, name, trial):
+    """A CONV_2D layer and encoding: weights of the codebook ``name``, bit-serial with
+    output thresholds, or packed input / output codes with a fused max-pool."""
+    if name == "bit-serial":
+        return bit_serial_layer(rng, packing.OP_CONV, CODEBOOKS["ternary"], 1 + trial % 4,
+                                [None, 2, 3, 4][trial % 4])
+    if name == "packed io":
+        return packed_io_layer(rng, packing.OP_CONV, ("int8", "ternary", "log3")[trial % 3],
+                               trial)
+    layer = random_layer(rng, packing.OP_CONV, codebook_of(rng, name),
+                         per_channel_scale=trial % 2 == 0)
+    return layer, None if name == "int8" else packing.choose_encoding(layer.weights)
+
+
+@pytest.mark.parametrize("name", [*CODEBOOKS, "bit-serial", "packed io"])
+def test_conv_staged_in_blocks_of_channels_equals_the_reference(host, name):
+    """stage_channels (TFLQ_PACKED's custom options): rows and constants copied into
+    scratch a block of output channels at a time give the same outputs, and the scratch
+    the Python formula says."""
+    rng = np.random.default_rng(zlib.crc32(repr((name, "staged")).encode()))
+    for trial in range(8):
+        layer, enc = _conv_cases(rng, name, trial)
+        blob = packing.pack(layer, enc)
+        bits = layer.in_packed or (enc.in_bits if enc is not None else 0)
+        low = packing.input_low(bits) if bits else -128
+        ih, iw, ic = layer.in_hwc
+        x = rng.integers(low, 128, (int(rng.integers(1, 3)), ih * iw * ic)).astype(np.int8)
+        expected = packing.reference(layer, x)
+        c = layer.out_channels
+        for channels in sorted({4, 8, c} - ({4, 8} if c <= 4 else set())):
+            if channels > c:
+                continue
+            assert host.scratch_bytes(blob, channels) == (
+                packing.scratch_bytes(layer, enc) + packing.stage_bytes(layer, enc, channels))
+            np.testing.assert_array_equal(host.run(blob, x, channels), expected,
+                                          err_msg=f"{name} trial {trial}: {channels} of {c}")
+
+
+def test_stage_channels_are_checked(host):
+    rng = np.random.default_rng(8)
+    layer = random_layer(rng, packing.OP_CONV, CODEBOOKS["ternary"])
+    while layer.out_channels < 6:
+        layer = random_layer(rng, packing.OP_CONV, CODEBOOKS["ternary"])
+    conv = packing.pack(layer, packing.choose_encoding(layer.weights))
+    with pytest.raises(TflqError, match="3 channels staged at a time"):
+        host.parse(conv, 3)
+    with pytest.raises(TflqError, match="FULLY_CONNECTED: 4 channels staged"):
+        host.parse(_blob(rng, op=packing.OP_FC), 4)
+
+
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_packed_activation_layout_round_trips(k):
     rng = np.random.default_rng(k)

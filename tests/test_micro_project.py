@@ -283,3 +283,23 @@ def _blob(flatbuffer, output):
         if t.name.decode() == output + "/tflq_packed":
             return bytes(bytearray(model.buffers[t.buffer].data))
     raise AssertionError(f"no packed blob for {output}")
+
+
+def test_per_eval_staging_is_an_option_of_the_op_and_lasting_copies_clear_it():
+    flatbuffer = _models.with_codebook(_models.build("fashion_cnn"), [-60, 0, 60])
+    packed, ops = packing.pack_model(flatbuffer, int8_convs=True)  # the small one: int8 rows
+    convs = packing.per_eval_candidates(packed, ops)
+    assert [ops[i].op for i in convs] == ["CONV_2D", "CONV_2D"], packing.packing_lines(ops)
+    assert sorted(packing.rereads_from_flash(packed)) == sorted(ops[i].output for i in convs)
+    staged_fb, staged = packing.stage_per_eval(packed, ops, {convs[0]: 8, convs[1]: 1000})
+    channels = packing.unpack(_blob(packed, ops[convs[1]].output))[0].out_channels
+    assert [staged[i].stage_channels for i in convs] == [8, channels]  # capped
+    assert packing.rereads_from_flash(staged_fb) == []
+    assert packing.model_scratch_bytes(staged_fb) > packing.model_scratch_bytes(packed)
+    with pytest.raises(TflqError, match="cannot stage 6 channels at a time"):
+        packing.stage_per_eval(packed, ops, {convs[0]: 6})
+    # A blob copied into RAM for good is no longer staged at every Eval.
+    both_fb, both = packing.stage_in_ram(staged_fb, staged, 1 << 20)
+    assert all(both[i].in_ram and not both[i].stage_channels for i in convs)
+    assert packing.model_scratch_bytes(both_fb) == packing.model_scratch_bytes(packed)
+

@@ -97,6 +97,11 @@ int tflq_layer_check(const tflq_layer_t* l, char* err, size_t n) {
       return fail(err, n, "DEPTHWISE_CONV_2D: %d input channels x multiplier %d != %d outputs",
                   l->in_c, l->depth_multiplier, l->out_channels);
   }
+  if (l->stage_channels != 0 &&
+      (l->op != TFLQ_OP_CONV || l->stage_channels < 0 || l->stage_channels > l->out_channels ||
+       (l->stage_channels % 4 != 0 && l->stage_channels != l->out_channels)))
+    return fail(err, n, "%s: %d channels staged at a time (CONV_2D only: a multiple of 4 up "
+                "to %d, or all)", op, l->stage_channels, l->out_channels);
   if (l->row_bytes != expected_row_bytes(l->format, l->bits, l->depth))
     return fail(err, n, "%s: %d bytes per weight row, expected %d for %d-bit weights of depth %d",
                 op, l->row_bytes, expected_row_bytes(l->format, l->bits, l->depth), l->bits,
@@ -215,6 +220,12 @@ void tflq_layer_decode(const uint8_t* b, tflq_layer_t* l) {
     p += threshold_bytes(l);
   }
   l->weights = p;
+  l->stage_channels = 0;
+}
+
+int tflq_layer_stage(tflq_layer_t* l, int channels, char* err, size_t n) {
+  l->stage_channels = channels;
+  return tflq_layer_check(l, err, n);
 }
 
 int tflq_layer_parse(const uint8_t* b, size_t length, tflq_layer_t* l, char* err, size_t n) {

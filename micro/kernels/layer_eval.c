@@ -113,7 +113,27 @@ static size_t staging_bytes(const tflq_layer_t* l) {
   return bytes;
 }
 
-size_t tflq_scratch_bytes(const tflq_layer_t* l) {
+/* The parts of a staged block of n channels (conv() fills them in this order): rows,
+ * then the int32 bias, multiplier and shift, thresholds, then the int16 affine pairs
+ * and the int8 levels (a shared one: once), each part a multiple of 4 bytes. */
+static size_t round4(size_t bytes) { return (bytes + 3) & ~(size_t)3; }
+static size_t stage_words(const tflq_layer_t* l, size_t n) {
+  return n * (l->requant_per_channel ? 3 : 1) +
+         (l->thresholds ? n * (size_t)(l->out_levels - 1) : 0);
+}
+static size_t stage_codebooks(const tflq_layer_t* l, size_t n) {
+  return l->per_channel_codebook ? n : 1;
+}
+
+size_t tflq_stage_bytes(const tflq_layer_t* l, int channels) {
+  const size_t n = (size_t)channels;
+  return round4(n * (size_t)l->row_bytes) + 4 * stage_words(l, n) +
+         (l->affine ? 4 * stage_codebooks(l, n) : 0) +
+         (l->levels ? round4(stage_codebooks(l, n) << l->bits) : 0);
+}
+
+/* The kernel's scratch without the stage_channels block (which follows it). */
+static size_t kernel_scratch_bytes(const tflq_layer_t* l) {
   size_t bytes = staging_bytes(l);
   if (l->format == TFLQ_FMT_BITSERIAL) /* the input's bit-planes */
     return bytes + 4 * (size_t)l->in_bits * (size_t)((l->depth + 31) >> 5);
@@ -124,6 +144,10 @@ size_t tflq_scratch_bytes(const tflq_layer_t* l) {
     if (block < l->depth) bytes += 4 * (size_t)l->out_channels; /* accumulators */
   }
   return bytes;
+}
+
+size_t tflq_scratch_bytes(const tflq_layer_t* l) {
+  return kernel_scratch_bytes(l) + (l->stage_channels ? tflq_stage_bytes(l, l->stage_channels) : 0);
 }
 
 /* ---- packed activations: codes of s bits, LSB first (tflq_kernels.h) ---- */
@@ -667,7 +691,8 @@ static void vector_layer(const tflq_layer_t* l, const int8_t* x, int8_t* out, vo
 
 /* One loop per (packed input, row buffer) pair: int8 layers keep their loop as it was. */
 INLINE void conv_loop(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch,
-                      const int packed_in, const int use_row) {
+                      const int packed_in, const int use_row, const tflq_layer_t* whole,
+                      int c0) {
   const int padded = (l->depth + 7) & ~7;
   int8_t* row = use_row ? (int8_t*)scratch : NULL;
   int8_t* patch = (int8_t*)scratch + (row ? (l->out_channels + 3) & ~3 : 0);
@@ -697,21 +722,76 @@ INLINE void conv_loop(const tflq_layer_t* l, const uint8_t* in, uint8_t* output,
       }
       if (use_row) {
         vector_layer(l, patch, row, rest);
-        emit(l, oy, ox, row, 0, l->out_channels, output);
+        emit(whole, oy, ox, row, c0, l->out_channels, output);
       } else {
-        vector_layer(l, patch, out, rest);
-        out += l->out_channels;
+        vector_layer(l, patch, out + c0, rest);
+        out += whole->out_channels;
       }
     }
   }
 }
 
-static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch) {
+/* Output channels c0 .. c0 + l->out_channels of the layer `whole` (l: those channels). */
+static void conv_channels(const tflq_layer_t* l, const uint8_t* in, uint8_t* output,
+                          void* scratch, const tflq_layer_t* whole, int c0) {
   switch ((l->in_packed != 0) * 2 + uses_row_buffer(l)) {
-    case 0: conv_loop(l, in, output, scratch, 0, 0); break;
-    case 1: conv_loop(l, in, output, scratch, 0, 1); break;
-    case 2: conv_loop(l, in, output, scratch, 1, 0); break;
-    default: conv_loop(l, in, output, scratch, 1, 1); break;
+    case 0: conv_loop(l, in, output, scratch, 0, 0, whole, c0); break;
+    case 1: conv_loop(l, in, output, scratch, 0, 1, whole, c0); break;
+    case 2: conv_loop(l, in, output, scratch, 1, 0, whole, c0); break;
+    default: conv_loop(l, in, output, scratch, 1, 1, whole, c0); break;
+  }
+}
+
+/* With stage_channels, one block of output channels at a time: its rows (contiguous in
+ * the blob, int8 4-channel groups included, as blocks start at multiples of 4) and
+ * every per-channel constant it reads (bias, multiplier, shift, thresholds, codebooks)
+ * are copied into the end of scratch, each read from the blob once, in sequence, and
+ * the loop runs on a layer whose arrays point there (tflq_stage_bytes gives the
+ * layout). */
+static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch) {
+  if (!l->stage_channels) {
+    conv_channels(l, in, output, scratch, l, 0);
+    return;
+  }
+  uint8_t* const stage = (uint8_t*)scratch + kernel_scratch_bytes(l);
+  tflq_layer_t block = *l;
+  for (int c0 = 0; c0 < l->out_channels; c0 += l->stage_channels) {
+    const int n = l->out_channels - c0 < l->stage_channels ? l->out_channels - c0
+                                                            : l->stage_channels;
+    const size_t rows = (size_t)n * (size_t)l->row_bytes;
+    memcpy(stage, l->weights + (size_t)c0 * (size_t)l->row_bytes, rows);
+    block.weights = stage;
+    int32_t* word = (int32_t*)(stage + round4(rows));
+    memcpy(word, l->bias + c0, 4 * (size_t)n);
+    block.bias = word;
+    word += n;
+    if (l->requant_per_channel) {
+      memcpy(word, l->multiplier + c0, 4 * (size_t)n);
+      block.multiplier = word;
+      memcpy(word + n, l->shift + c0, 4 * (size_t)n);
+      block.shift = word + n;
+      word += 2 * n;
+    }
+    if (l->thresholds) {
+      const size_t per = (size_t)(l->out_levels - 1);
+      memcpy(word, l->thresholds + (size_t)c0 * per, 4 * (size_t)n * per);
+      block.thresholds = word;
+      word += (size_t)n * per;
+    }
+    const size_t books = stage_codebooks(l, (size_t)n);
+    const size_t first = l->per_channel_codebook ? (size_t)c0 : 0;
+    uint8_t* next = (uint8_t*)word;
+    if (l->affine) {
+      memcpy(next, l->affine + 2 * first, 4 * books);
+      block.affine = (const int16_t*)next;
+      next += 4 * books;
+    }
+    if (l->levels) {
+      memcpy(next, l->levels + (first << l->bits), books << l->bits);
+      block.levels = (const int8_t*)next;
+    }
+    block.out_channels = n;
+    conv_channels(&block, in, output, scratch, l, c0);
   }
 }
 

@@ -115,6 +115,12 @@ typedef struct {
   int in_packed, out_packed;  /* k of packed input / output codes (1..4); 0: int8 */
   int pool_kh, pool_kw, pool_stride_h, pool_stride_w, pool_pad_top, pool_pad_left;
   int pool_out_h, pool_out_w; /* fused max-pool (pool_kh 0: none) */
+  int stage_channels;         /* CONV_2D: copy the rows and bias, multiplier and shift of
+                               * this many output channels at a time into scratch (a
+                               * multiple of 4, or all), so each is read from the blob
+                               * once per inference, not once per output position; 0:
+                               * read in place. Not in the blob: TFLQ_PACKED's custom
+                               * options (decode leaves it 0). */
 } tflq_layer_t;
 
 /* Parses and checks a packed blob of `length` bytes into *layer (pointing into the
@@ -126,12 +132,19 @@ int tflq_layer_parse(const uint8_t* blob, size_t length, tflq_layer_t* layer, ch
  * Eval does, so that the blob is validated once, at Prepare. */
 void tflq_layer_decode(const uint8_t* blob, tflq_layer_t* layer);
 
+/* Sets layer->stage_channels to `channels` and checks the layer (0 or -1 with err). */
+int tflq_layer_stage(tflq_layer_t* layer, int channels, char* err, size_t err_size);
+
 /* Checks a layer's fields for consistency (parse calls it; the TFLM int8 kernels
  * fill a layer from tensors and call it too). Returns 0 or -1 with err. */
 int tflq_layer_check(const tflq_layer_t* layer, char* err, size_t err_size);
 
-/* Bytes of scratch RAM tflq_layer_eval needs (tables, accumulators, patch). */
+/* Bytes of scratch RAM tflq_layer_eval needs (tables, accumulators, patch, and the
+ * stage_channels block of rows and constants). */
 size_t tflq_scratch_bytes(const tflq_layer_t* layer);
+
+/* Bytes the block of `channels` output channels' rows and constants takes in scratch. */
+size_t tflq_stage_bytes(const tflq_layer_t* layer, int channels);
 
 /* Bytes of one batch of `values` activations stored with packed k (0: int8). */
 size_t tflq_tensor_bytes(size_t values, int packed);

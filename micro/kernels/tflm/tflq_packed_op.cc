@@ -1,6 +1,10 @@
 // TFLQ_PACKED: a FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D layer whose weights
 // are a TQP2 blob (micro/kernels/tflq_kernels.h), read in place from flash, or from a
 // copy in the arena when the blob has TFLQ_FLAG_IN_RAM (made once, at Prepare).
+// Custom options, when present, are one little-endian u16: the CONV_2D's
+// stage_channels (tflq_kernels.h), whose blocks of rows the kernel copies into its
+// scratch at every Eval, so the blob is read once per inference and not once per output
+// position (converters/packing.py: stage_per_eval).
 // Prepare checks the blob and the tensors against each other and refuses anything
 // inconsistent with a message; Eval decodes the checked header (no validation) and runs
 // the plain-C kernel.
@@ -23,11 +27,19 @@ constexpr int kOutput = 0;
 
 struct OpData {
   int scratch_index;
+  int stage_channels;  // from the custom options; 0: none
   const uint8_t* blob;  // the checked blob: in the flatbuffer, or its copy in the arena
 };
 
-void* Init(TfLiteContext* context, const char*, size_t) {
-  return context->AllocatePersistentBuffer(context, sizeof(OpData));
+void* Init(TfLiteContext* context, const char* options, size_t length) {
+  auto* data = static_cast<OpData*>(context->AllocatePersistentBuffer(context, sizeof(OpData)));
+  if (data != nullptr) {  // Prepare refuses options of any other length
+    data->stage_channels = options != nullptr && length == 2
+                               ? static_cast<uint8_t>(options[0]) |
+                                     static_cast<uint8_t>(options[1]) << 8
+                               : (length == 0 ? 0 : -1);
+  }
+  return data;
 }
 
 TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
@@ -49,6 +61,13 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
     status = kTfLiteError;
   } else if (tflq_layer_parse(blob->data.uint8, blob->bytes, &layer, err, sizeof(err)) != 0) {
     MicroPrintf("TFLQ_PACKED: %s", err);
+    status = kTfLiteError;
+  } else if (static_cast<OpData*>(node->user_data)->stage_channels < 0) {
+    MicroPrintf("TFLQ_PACKED: custom options are not one u16 (stage_channels)");
+    status = kTfLiteError;
+  } else if (tflq_layer_stage(&layer, static_cast<OpData*>(node->user_data)->stage_channels,
+                              err, sizeof(err)) != 0) {
+    MicroPrintf("TFLQ_PACKED: custom options: %s", err);
     status = kTfLiteError;
   } else {
     const size_t per_input = tflq_input_bytes(&layer);  // packed activations: fewer bytes
@@ -94,6 +113,7 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
   tflq_layer_t layer;  // the blob passed tflq_layer_parse at Prepare: decode only
   tflq_layer_decode(data->blob, &layer);
+  layer.stage_channels = data->stage_channels;
   void* scratch =
       data->scratch_index >= 0 ? context->GetScratchBuffer(context, data->scratch_index) : nullptr;
   const size_t per_input = tflq_input_bytes(&layer);
