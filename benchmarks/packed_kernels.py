@@ -11,6 +11,9 @@ its time on silicon (``benchmarks/_firmware.py``: FLASH_NOTE):
    on training); int8 DEPTHWISE_CONV_2D 3x3 with 32 and 64 channels on 8x8.
 2. Fashion-MNIST MLP (784-50-10) and the demo CNN, trained: float, then QAT per scheme
    with every layer low-bit; TFLite int8 accuracy on the 10,000 test images.
+3. DS-CNN, the depthwise-separable shape of keyword spotting (MLPerf Tiny's KWS), on its
+   49x10 MFCC input, scaled from 64 to 32 channels to fit 16 KiB; untrained, its weights
+   drawn from each codebook like the layers'.
 
     TFLQ_TFLM_ARCHIVE=../shared/deps/tflm-deps-90b983c2.tar.gz \\
         .venv/bin/python benchmarks/packed_kernels.py [--float_epochs 3 --qat_epochs 1]
@@ -35,7 +38,8 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "packed_kern
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("float_epochs", 3, "float training epochs (Fashion-MNIST models)")
 flags.DEFINE_integer("qat_epochs", 1, "QAT epochs per scheme")
-flags.DEFINE_list("parts", ["layers", "depthwise", "models"],
+PARTS = ("layers", "depthwise", "dscnn", "models")
+flags.DEFINE_list("parts", list(PARTS),
                   "which rows to measure; the others are kept from the committed JSON")
 
 # int8 levels per codebook for the layer table (what the quantizers export).
@@ -52,8 +56,11 @@ L = keras.layers
 
 
 def layer_models(part):
-    """Benchmark layers of a part ("layers", "depthwise"): name -> (Keras model, whether its
-    weights are also packed)."""
+    """Benchmark layers of a part ("layers", "depthwise", "dscnn"): name -> (Keras model,
+    whether its weights are also packed)."""
+    if part == "dscnn":
+        keras.utils.set_random_seed(0)
+        return {"DS-CNN 49x10, 32 channels": (models.build("ds_cnn", (49, 10, 1), 12), True)}
     if part == "layers":
         return {
             "FC 128->128": (keras.Sequential([L.InputLayer((128,)), L.Dense(128)]), True),
@@ -76,8 +83,10 @@ def layer_rows(workdir, part):
             variants.append(("tflq int8, generator default", flatbuffer, {}))
         for label, levels in LAYER_CODEBOOKS.items() if packed else ():
             fbuf = packing.with_weight_levels(flatbuffer, levels)
-            variants += [(label, fbuf, {}),
-                         (f"{label}, weights in flash", fbuf, dict(weights_in_ram=False))]
+            variants.append((label, fbuf, {}))
+            if part != "dscnn":  # the layers show what RAM saves; the model, its default
+                variants.append((f"{label}, weights in flash", fbuf,
+                                 dict(weights_in_ram=False)))
         for i, (label, fbuf, generate) in enumerate(variants):
             row = measure(f"{part}{len(rows)}", fbuf, workdir, **generate)
             rows.append(dict(row, part=part, layer=name, variant=label + _in_ram(row)))
@@ -136,7 +145,19 @@ def _in_ram(row):
     return ", weights in RAM" if all(row["in_ram"]) else ", some weights in RAM"
 
 
-def render(layer_table, model_table):
+_LAYER_COLUMNS = [
+    "| layer | kernel / weights | MACs | instructions | instr / MAC | weight bytes "
+    "| flash read (x weight bytes) | non-seq. loads | est. cycles | RAM used | bit-exact |",
+    "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def _layer_lines(table):
+    return [f"| {r['layer']} | {r['variant']} | {int(r['macs']):,} | {r['instructions']:,} | "
+            f"{r['per_mac']:.2f} | {r['weight_bytes']:,} | {flash_cells(r)} | "
+            f"{r['ram_used']:,} | {'yes' if r['bit_exact'] else 'NO'} |" for r in table]
+
+
+def render(layer_table, dscnn_table, model_table):
     root = tflm.source_root()
     lines = [
         "# Packed low-bit kernels on the FE310 (QEMU)",
@@ -162,13 +183,14 @@ def render(layer_table, model_table):
     ]
     if layer_table:
         lines += ["", "## Layers of realistic size (weights drawn from each codebook)", "",
-                  "| layer | kernel / weights | MACs | instructions | instr / MAC | weight bytes "
-                  "| flash read (x weight bytes) | non-seq. loads | est. cycles | RAM used "
-                  "| bit-exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['layer']} | {r['variant']} | {r['macs']:,} | {r['instructions']:,} | "
-                  f"{r['per_mac']:.2f} | {r['weight_bytes']:,} | {flash_cells(r)} | "
-                  f"{r['ram_used']:,} | {'yes' if r['bit_exact'] else 'NO'} |"
-                  for r in layer_table]
+                  *_LAYER_COLUMNS, *_layer_lines(layer_table)]
+    if dscnn_table:
+        lines += ["", "## DS-CNN (keyword spotting's shape: 49x10 input, 32 channels, "
+                  "untrained, weights drawn from each codebook)", "",
+                  *_LAYER_COLUMNS, *_layer_lines(dscnn_table),
+                  "", "How the generator packed each layer:", ""]
+        lines += [f"- {r['variant']}: " + "; ".join(r["packing"])
+                  for r in dscnn_table if r["packing"]]
     if model_table:
         lines += ["", "## Fashion-MNIST models (QAT, every layer low-bit)", "",
                   "| model | weights, kernels | TFLite accuracy | MACs | instructions / inference "
@@ -178,7 +200,7 @@ def render(layer_table, model_table):
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in model_table:
             lines.append(
-                f"| {r['arch']} | {r['variant']} | {r['accuracy']:.4f} | {r['macs']:,} | "
+                f"| {r['arch']} | {r['variant']} | {r['accuracy']:.4f} | {int(r['macs']):,} | "
                 f"{r['instructions']:,} | {r['per_mac']:.2f} | {r['weight_bytes']:,} | "
                 f"{flash_cells(r)} | {r['flash']:,} | {r['ram_used']:,} ({r['arena_used']:,} + {r['stack_used']:,} "
                 f"+ {r['static']:,}) | {'yes' if r['bit_exact'] else 'NO'} |")
@@ -192,7 +214,7 @@ def render(layer_table, model_table):
 def main(argv):
     del argv
     kept = []
-    if set(FLAGS.parts) != {"layers", "depthwise", "models"}:
+    if set(FLAGS.parts) != set(PARTS):
         kept = [r for r in json.loads(OUT.with_suffix(".json").read_text())
                 if r["part"] not in FLAGS.parts]
     measured = {}
@@ -201,13 +223,13 @@ def main(argv):
             measured[part] = (model_rows(Path(tmp)) if part == "models"
                               else layer_rows(Path(tmp), part))
     rows = {part: [r for r in kept if r["part"] == part] or measured.get(part, [])
-            for part in ("layers", "depthwise", "models")}
-    text = render(rows["layers"] + rows["depthwise"], rows["models"])
+            for part in PARTS}
+    text = render(rows["layers"] + rows["depthwise"], rows["dscnn"], rows["models"])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".md").write_text(text)
     OUT.with_suffix(".json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "readme"} for part in rows.values() for r in part],
-        indent=1, default=float) + "\n")
+        indent=1, default=lambda v: v.item() if hasattr(v, "item") else float(v)) + "\n")
     print(text)
 
 
