@@ -337,26 +337,29 @@ def staged_bytes(blob_bytes: int) -> int:
 
 
 def _packed_blobs(model):
-    """(blob tensor, its buffer) of each TFLQ_PACKED operator, in operator order."""
+    """(operator, blob tensor, its buffer) of each TFLQ_PACKED operator, in operator
+    order."""
     sg = model.subgraphs[0]
     for op in sg.operators:
         if fb.op_name(model, op) == CUSTOM_CODE:
             tensor = sg.tensors[op.inputs[1]]
-            yield tensor, model.buffers[tensor.buffer]
+            yield op, tensor, model.buffers[tensor.buffer]
+
+
+def _reads_per_inference(layer: Layer) -> int:
+    """Times an inference reads a layer's rows in place: a CONV_2D once per output
+    position, FC and DEPTHWISE_CONV_2D once."""
+    return layer.out_hw[0] * layer.out_hw[1] if layer.op == OP_CONV else 1
 
 
 def _staging_candidates(model, packed_ops):
     """``packed_ops`` with ``flash_reads`` filled in, and (reads, blob bytes, op index,
     buffer) for each blob this packing made (not a TFLQ_PACKED op the input model had).
-    A CONV_2D reads its rows out_h x out_w times; FC and DEPTHWISE_CONV_2D once."""
-    by_name = {p.output + "/tflq_packed": i for i, p in enumerate(packed_ops) if p.encoding}
+    """
     ops, candidates = list(packed_ops), []
-    for tensor, buffer in _packed_blobs(model):
-        index = by_name.get(tensor.name.decode(errors="replace") if tensor.name else "")
-        if index is None:
-            continue
+    for _, index, buffer in _packed_operators(model, packed_ops):
         layer, _ = unpack(bytes(bytearray(buffer.data)))
-        reads = layer.out_hw[0] * layer.out_hw[1] if layer.op == OP_CONV else 1
+        reads = _reads_per_inference(layer)
         ops[index] = dataclasses.replace(ops[index], flash_reads=reads)
         candidates.append((reads, len(buffer.data), index, buffer))
     return ops, candidates
@@ -395,14 +398,14 @@ def _packed_operators(model, packed_ops):
     """(operator, index into ``packed_ops``, its blob's buffer) for each TFLQ_PACKED
     operator this packing made."""
     by_name = {p.output + "/tflq_packed": i for i, p in enumerate(packed_ops) if p.encoding}
-    sg = model.subgraphs[0]
-    for op in sg.operators:
-        if fb.op_name(model, op) != CUSTOM_CODE:
-            continue
-        tensor = sg.tensors[op.inputs[1]]
-        index = by_name.get(tensor.name.decode(errors="replace") if tensor.name else "")
+    for op, tensor, buffer in _packed_blobs(model):
+        index = by_name.get(_name(tensor))
         if index is not None:
-            yield op, index, model.buffers[tensor.buffer]
+            yield op, index, buffer
+
+
+def _name(tensor) -> str:
+    return tensor.name.decode(errors="replace") if tensor.name else ""
 
 
 def per_eval_candidates(flatbuffer: bytes, packed_ops) -> list[int]:
@@ -442,19 +445,12 @@ def stage_per_eval(flatbuffer: bytes, packed_ops, channels: dict) -> tuple[bytes
 def rereads_from_flash(flatbuffer: bytes) -> list[str]:
     """The layers (``PackedOp.output``) whose TFLQ_PACKED blobs an inference reads from
     flash more than once: CONV_2D neither in RAM (TFLQ_FLAG_IN_RAM) nor staged per Eval."""
-    model = fb.load(bytes(flatbuffer))
-    sg = model.subgraphs[0]
     names = []
-    for op in sg.operators:
-        if fb.op_name(model, op) != CUSTOM_CODE:
-            continue
-        tensor = sg.tensors[op.inputs[1]]
-        blob = bytes(bytearray(model.buffers[tensor.buffer].data))
-        layer, _ = unpack(blob)
-        if (layer.op == OP_CONV and layer.out_hw[0] * layer.out_hw[1] > 1
-                and not blob[FLAGS_OFFSET] & FLAG_IN_RAM and not stage_channels_of(op)):
-            names.append((tensor.name or b"").decode(errors="replace").removesuffix(
-                "/tflq_packed"))
+    for op, tensor, buffer in _packed_blobs(fb.load(bytes(flatbuffer))):
+        blob = bytes(bytearray(buffer.data))
+        if (_reads_per_inference(unpack(blob)[0]) > 1 and not blob[FLAGS_OFFSET] & FLAG_IN_RAM
+                and not stage_channels_of(op)):
+            names.append(_name(tensor).removesuffix("/tflq_packed"))
     return names
 
 
@@ -466,21 +462,18 @@ def stage_channels_of(op) -> int:
 
 def model_staged_bytes(flatbuffer: bytes) -> int:
     """Arena bytes of the blobs a packed model copies into RAM (TFLQ_FLAG_IN_RAM)."""
-    return sum(staged_bytes(len(b.data)) for _, b in _packed_blobs(fb.load(bytes(flatbuffer)))
+    return sum(staged_bytes(len(b.data)) for _, _, b in _packed_blobs(fb.load(bytes(flatbuffer)))
                if b.data[FLAGS_OFFSET] & FLAG_IN_RAM)
 
 
 def model_scratch_bytes(flatbuffer: bytes) -> int:
     """Sum of scratch RAM over a packed model's TFLQ_PACKED operators (staged blocks of
     rows included, ``stage_per_eval``)."""
-    model = fb.load(bytes(flatbuffer))
     total = 0
-    for op in model.subgraphs[0].operators:
-        if fb.op_name(model, op) == CUSTOM_CODE:
-            t = model.subgraphs[0].tensors[op.inputs[1]]
-            layer, enc = unpack(bytes(bytearray(model.buffers[t.buffer].data)))
-            stage = stage_channels_of(op)
-            total += scratch_bytes(layer, enc) + (stage_bytes(layer, enc, stage) if stage else 0)
+    for op, _, buffer in _packed_blobs(fb.load(bytes(flatbuffer))):
+        layer, enc = unpack(bytes(bytearray(buffer.data)))
+        stage = stage_channels_of(op)
+        total += scratch_bytes(layer, enc) + (stage_bytes(layer, enc, stage) if stage else 0)
     return total
 
 

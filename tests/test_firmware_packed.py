@@ -103,6 +103,19 @@ def test_corrupt_packed_tensor_is_refused_at_prepare(what, corrupt, message, tmp
     assert "OUTPUT" not in run.uart_text
 
 
+def _flash_runs(projects, inputs):
+    """Each project's firmware run with the flash-read plugin, each bit-exact with the
+    host reference, all with the same outputs."""
+    runs = []
+    for project in projects:
+        runs.append(firmware_run.run(project, flash=True))
+        assert runs[-1].exit_code == 0, runs[-1].tail()
+        firmware_run.check_bit_exact(runs[-1], inputs)
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run.outputs, runs[0].outputs)
+    return runs
+
+
 def test_packed_weights_in_ram_leave_the_flash_alone(tmp_path):
     # The generator copies packed weights into the arena where the RAM left allows; the
     # QEMU flash-read plugin (converters/flash_reads.py) must then see an inference read
@@ -120,13 +133,7 @@ def test_packed_weights_in_ram_leave_the_flash_alone(tmp_path):
     assert all(f"weights in RAM ({p.packed_bytes} B copied" in readme for p in in_ram)
     assert staged.budget.arena >= flash.budget.arena + sum(
         packing.staged_bytes(p.packed_bytes) for p in in_ram)
-    runs = []
-    for project in (staged, flash):
-        runs.append(firmware_run.run(project, flash=True))
-        assert runs[-1].exit_code == 0, runs[-1].tail()
-        firmware_run.check_bit_exact(runs[-1], inputs)
-    in_ram_run, flash_run = runs
-    np.testing.assert_array_equal(in_ram_run.outputs, flash_run.outputs)
+    in_ram_run, flash_run = _flash_runs((staged, flash), inputs)
     assert in_ram_run.instructions == flash_run.instructions  # the same kernels
     # In flash, each blob is read flash_reads times (its rows are most of it); in RAM,
     # none of that is left (what remains: TFLM's own reads, builtin int8 layers).
@@ -148,12 +155,7 @@ def test_int8_conv_rows_are_copied_into_ram(tmp_path):
     [conv] = [p for p in staged.packing if p.op == "CONV_2D"]
     assert conv.encoding == packing.INT8_ROWS_STAGED and conv.in_ram, staged.packing_lines
     assert not builtin.packing
-    runs = []
-    for project in (staged, builtin):
-        runs.append(firmware_run.run(project, flash=True))
-        assert runs[-1].exit_code == 0, runs[-1].tail()
-        firmware_run.check_bit_exact(runs[-1], inputs)
-    np.testing.assert_array_equal(runs[0].outputs, runs[1].outputs)
+    runs = _flash_runs((staged, builtin), inputs)
     positions, weights = conv.flash_reads, conv.int8_bytes - 4 * 4  # 4 int32 biases
     assert positions == 8 * 8
     saved = runs[1].flash.bytes - runs[0].flash.bytes
@@ -180,12 +182,7 @@ def test_conv_rows_too_big_for_ram_are_staged_block_by_block(codebook, tmp_path)
     assert conv.flash_reads == 12 * 12
     assert (f"{conv.stage_channels} channels at a time" in (staged / "README.md").read_text())
     assert staged.budget.total <= micro_project.RAM_BYTES
-    runs = []
-    for project in (staged, flash):
-        runs.append(firmware_run.run(project, flash=True))
-        assert runs[-1].exit_code == 0, runs[-1].tail()
-        firmware_run.check_bit_exact(runs[-1], inputs)
-    np.testing.assert_array_equal(runs[0].outputs, runs[1].outputs)
+    runs = _flash_runs((staged, flash), inputs)
     # Per inference (the plugin's mean over windows): the blob once when staged, plus
     # TFLM's own reads, the same in both; 144 times in place.
     blob = conv.packed_bytes
