@@ -52,6 +52,8 @@ LAYER_CODEBOOKS = {
                                               8, 16, 32, 64],
 }
 MODEL_SCHEMES = ("log3", "ternary", "binary", "fixed4")
+# generate_project(choose="smallest"): no layer switched to int8 rows where they are faster
+LOW_BIT_EVERYWHERE = "low-bit kernel on every layer"
 L = keras.layers
 
 
@@ -83,10 +85,13 @@ def layer_rows(workdir, part):
             variants.append(("tflq int8, generator default", flatbuffer, {}))
         for label, levels in LAYER_CODEBOOKS.items() if packed else ():
             fbuf = packing.with_weight_levels(flatbuffer, levels)
-            variants.append((label, fbuf, {}))
-            if part != "dscnn":  # the layers show what RAM saves; the model, its default
+            if part != "dscnn":  # the layers show each low-bit kernel, and what RAM saves
+                variants.append((label, fbuf, dict(choose="smallest")))
                 variants.append((f"{label}, weights in flash", fbuf,
-                                 dict(weights_in_ram=False)))
+                                 dict(weights_in_ram=False, choose="smallest")))
+            else:  # the model: the generator's per-layer choice, and the low-bit kernels
+                variants.append((f"{label}, generator default", fbuf, {}))
+                variants.append((f"{label}, {LOW_BIT_EVERYWHERE}", fbuf, dict(choose="smallest")))
         for i, (label, fbuf, generate) in enumerate(variants):
             row = measure(f"{part}{len(rows)}", fbuf, workdir, **generate)
             rows.append(dict(row, part=part, layer=name, variant=label + _in_ram(row)))
@@ -124,7 +129,10 @@ def model_rows(workdir):
                 variants.append(("int8, tflq kernels, generator default", flatbuffer,
                                  accuracy, {}))
             else:
-                variants.append((f"{scheme}, packed", flatbuffer, accuracy, {}))
+                variants.append((f"{scheme}, packed, generator default", flatbuffer,
+                                 accuracy, {}))
+                variants.append((f"{scheme}, packed, {LOW_BIT_EVERYWHERE}", flatbuffer,
+                                 accuracy, dict(choose="smallest")))
         for label, flatbuffer, accuracy, generate in variants:
             inputs = tflq.io_quantization(flatbuffer)[0].quantize(x_test[:8])
             row = measure(f"{arch}{len(rows)}", flatbuffer, workdir, inputs=inputs, **generate)
@@ -172,9 +180,14 @@ def render(layer_table, dscnn_table, model_table):
         "",
         *FLASH_NOTE,
         "",
-        "Packed rows are the generator's default: packed weights copied into RAM at",
-        "AllocateTensors where the RAM left allows (*weights in RAM*, counted in *RAM used*);",
-        "*weights in flash* rows are the same firmware with `weights_in_ram=False`.",
+        "Packed weights are copied into RAM at AllocateTensors where the RAM left allows",
+        "(*weights in RAM*, counted in *RAM used*); *weights in flash* rows are the same",
+        "firmware with `weights_in_ram=False`. The layer rows run each layer on its low-bit",
+        "kernel (`choose=\"smallest\"`). *Generator default* rows are what",
+        "`generate_project` picks per layer (`choose=\"fastest\"`): int8 rows where they take",
+        "fewer instructions than the low-bit kernel and the firmware's estimated cycles",
+        "(`converters/layer_cost.py`) go down within the RAM; *low-bit kernel on every",
+        "layer* rows are the same model with `choose=\"smallest\"`.",
         "",
         "*Weight bytes*: the FC / conv weight and bias tensors of the int8 model, or the",
         "TQP1 blobs (b-bit weights + codebook + per-channel bias, multiplier and shift) that",

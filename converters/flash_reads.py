@@ -32,12 +32,12 @@ import tempfile
 from pathlib import Path
 
 from tflq.converters import tflm_host, tflm_sources
+# The constants above, defined where the generator's cost estimate needs them too.
+from tflq.converters.layer_cost import NONSEQUENTIAL_LOAD_CYCLES, SEQUENTIAL_BYTE_CYCLES
 from tflq.converters.micro_dir import MICRO_DIR
 from tflq.errors import TflqError
 
 PLUGIN_SOURCES = (MICRO_DIR / "qemu" / "flash_reads.c", MICRO_DIR / "qemu" / "qemu_plugin_abi.h")
-SEQUENTIAL_BYTE_CYCLES = 64
-NONSEQUENTIAL_LOAD_CYCLES = 500
 ESTIMATE = (f"instructions + {SEQUENTIAL_BYTE_CYCLES} x sequential flash bytes + "
             f"{NONSEQUENTIAL_LOAD_CYCLES} x non-sequential flash loads (FE310 reset flash "
             "settings: command 0x03, single I/O, SCKDIV 3; estimated, not measured on silicon)")

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from tflq import outputs
-from tflq.converters import (eval_firmware, firmware_kernels, packing, project_files, ram_budget,
-                             tflm)
+from tflq.converters import (eval_firmware, firmware_kernels, layer_cost, packing, project_files,
+                             ram_budget, tflm)
 from tflq.converters import flatbuffer as fb
 from tflq.converters import model as typed_model
 # The budget's names, as the API (tflq.micro) and the callers know them.
@@ -88,7 +88,8 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
                      pack: bool | None = None, kernels: str = "tflq",
                      model_in_ram: bool = False, eval_images=None, eval_labels=None,
                      feature: str | None = None, fuse_pools: bool | None = None,
-                     pack_activations: bool = True, weights_in_ram: bool = True) -> Project:
+                     pack_activations: bool = True, weights_in_ram: bool = True,
+                     choose: str = "fastest") -> Project:
     """Writes a TFLM firmware project for ``flatbuffer`` into ``out_dir``; returns the
     ``Project`` (its path, and every decision: kernels, packing, budget).
 
@@ -112,8 +113,17 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     CONV_2D whose lasting copy does not fit is staged at every Eval instead
     (``packing.stage_per_eval``): its kernel copies blocks of output channels' rows
     into scratch, which ops share, so an inference reads the blob from flash once.
-    Which layers were packed, and why the others were not, and whose weights are in
-    RAM, is logged and written into the project's README.
+    ``choose``: "fastest" (the default) picks each layer's kernel: a packed FC / CONV_2D
+    whose low-bit kernel takes more instructions per MAC than int8 rows (codebooks,
+    bit-planes of 2 bits and more; ``packing.slower_than_int8_rows``) is packed as int8
+    rows instead (its int8 weights hold the same levels, so the outputs are the same),
+    one layer at a time, the most MACs first, where the whole firmware's estimate
+    (``converters.layer_cost``: instructions + 64 x flash bytes per inference, with
+    where each layer's weights then fit) goes down by more than
+    ``layer_cost.SWITCH_MARGIN`` of the layer's and it still fits the RAM.
+    "smallest": every layer whose packed weights are smaller keeps its low-bit kernel.
+    Which layers were packed, and how, why the others were not, whose weights are in
+    RAM, and each packed layer's estimate, is written into the project's README.
 
     ``test_inputs``: int8 array (count, *input_shape) or (count, input_size) embedded for
     the self-test; None embeds one input of zero points. ``model_name`` (for comments and
@@ -139,6 +149,8 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
         raise TflqError(f"unknown target {target!r}: tflq generates firmware for 'fe310' only")
     if board not in BOARDS:
         raise TflqError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    if choose not in ("fastest", "smallest"):
+        raise TflqError(f"unknown choose={choose!r}: 'fastest' or 'smallest'")
     outputs.check_free(str(out_dir), overwrite, flag="overwrite=True")
     flatbuffer = bytes(flatbuffer)
     # The entrance: a valid model (one line if not), then ops and types, then the fit,
@@ -161,16 +173,18 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
         return ram_budget.with_placement(b, model_bytes, model_in_ram,
                                          variant.static_bytes if variant else 0)
 
-    def layout(int8_convs: bool):
+    def layout(int8_convs: bool, int8_rows=frozenset()):
         """(flatbuffer, packed ops, kernel plan, budget) with int8 CONV_2D layers as
-        int8 rows (``packing.pack_model``'s int8_convs) or not."""
+        int8 rows (``packing.pack_model``'s int8_convs) or not, and the low-bit layers
+        ``int8_rows`` as int8 rows."""
         packed, ops = int8_flatbuffer, []
         if pack is not False:
             fuse = kernels == "tflq" if fuse_pools is None else fuse_pools
             candidate, ops = packing.pack_model(int8_flatbuffer, int8_pools=fuse,
                                                 pack_activations=pack_activations,
                                                 int8_convs=int8_convs,
-                                                int8_fcs=kernels == "tflq")
+                                                int8_fcs=kernels == "tflq",
+                                                int8_rows=int8_rows)
             if any(p.encoding for p in ops):
                 packed = candidate
         flash_data = len(packed) + (variant.flash_bytes if variant else 0)
@@ -197,10 +211,28 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     # the FE310's SPI flash, where they fit. Where one does not, it stays builtin.
     staging_convs = (pack is not False and kernels == "tflq" and weights_in_ram
                      and not model_in_ram)
-    flatbuffer, packed_ops, plan, budget = layout(staging_convs)
-    if staging_convs and any(p.encoding == packing.INT8_ROWS_STAGED
-                             and not (p.in_ram or p.stage_channels) for p in packed_ops):
-        flatbuffer, packed_ops, plan, budget = layout(False)
+
+    def arranged(int8_rows=frozenset()):
+        result = layout(staging_convs, int8_rows)
+        if staging_convs and any(p.encoding == packing.INT8_ROWS_STAGED
+                                 and not (p.in_ram or p.stage_channels) for p in result[1]):
+            result = layout(False, int8_rows)
+        return result
+
+    flatbuffer, packed_ops, plan, budget = best = arranged()
+    if choose == "fastest" and kernels == "tflq":
+        rows = frozenset()
+        for index in packing.slower_than_int8_rows(best[1]):
+            try:
+                trial = arranged(rows | {index})
+            except TflqError:  # int8 rows would outgrow the flash
+                continue
+            [layer] = [p for p in best[1] if p.index == index]
+            saved = layer_cost.of_model(best[1]).cycles - layer_cost.of_model(trial[1]).cycles
+            if (trial[3].total <= RAM_BYTES
+                    and saved > layer_cost.SWITCH_MARGIN * layer.estimate.cycles):
+                best, rows = trial, rows | {index}
+        flatbuffer, packed_ops, plan, budget = best
     if variant is not None:
         plan = dataclasses.replace(plan, project_files={**plan.project_files,
                                                         **variant.kernel_files})

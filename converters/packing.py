@@ -16,7 +16,7 @@ import struct
 
 import numpy as np
 
-from tflq.converters import activation_plan
+from tflq.converters import activation_plan, layer_cost
 from tflq.converters import flatbuffer as fb
 # The format's names, as the callers know them (packing.pack, packing.Layer, ...).
 from tflq.converters.packed_format import (  # noqa: F401
@@ -138,7 +138,13 @@ class PackedOp:
     in_ram: bool = False  # the blob is copied into the arena at Prepare (stage_in_ram)
     stage_channels: int = 0  # its rows are copied into scratch this many channels at a
     # time at every Eval (stage_per_eval); 0: read in place
-    flash_reads: int = 0  # times an inference reads the blob's rows when they stay in flash
+    flash_reads: int = 0  # times an inference reads the weights when they stay in flash
+    macs: int = 0  # multiply-accumulates per inference (0: a layer tflq cannot read)
+
+    @property
+    def estimate(self) -> layer_cost.Estimate:
+        """What the layer costs an inference where it was placed (``layer_cost``)."""
+        return layer_cost.of_layer(self)
 
 
 def packing_lines(packed_ops) -> list[str]:
@@ -166,7 +172,7 @@ def packing_lines(packed_ops) -> list[str]:
             line += (f"; weights staged in RAM at every inference, {p.stage_channels} "
                      f"channels at a time (read from flash once per inference, not "
                      f"{p.flash_reads} times)")
-        lines.append(line)
+        lines.append(f"{line}; {p.estimate.describe()}")
     return lines
 
 
@@ -217,8 +223,8 @@ INT8_ROWS_SEQUENTIAL = "int8 rows (4-channel groups, read in sequence)"
 
 def pack_model(flatbuffer: bytes, int8_pools: bool = False,
                pack_activations: bool = True,
-               int8_convs: bool = False, int8_fcs: bool = False
-               ) -> tuple[bytes, list[PackedOp]]:
+               int8_convs: bool = False, int8_fcs: bool = False,
+               int8_rows=frozenset()) -> tuple[bytes, list[PackedOp]]:
     """Rewrites eligible operators to TFLQ_PACKED; returns (flatbuffer, one PackedOp each).
 
     Then ``converters.activation_plan`` decides which max-pools are fused into the
@@ -232,7 +238,9 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
     every int8 FULLY_CONNECTED becomes int8 rows too, whose 4-channel groups tflq's
     kernel reads in sequence: the FE310's flash serves a sequential byte in 64 cycles
     and an isolated load in about 500 (``converters.flash_reads``), and TFLite's row
-    layout makes the 4-channel loop jump between rows.
+    layout makes the 4-channel loop jump between rows. ``int8_rows``: indices of operators
+    packed as int8 rows although their weights are low-bit (``slower_than_int8_rows``:
+    the generator's choice, by ``layer_cost``, of the faster kernel).
 
     An operator is eligible when it is an int8 FC / CONV_2D / DEPTHWISE_CONV_2D whose
     weights take <= 4 bits (``choose_encoding``) and whose blob is smaller than its int8
@@ -284,14 +292,17 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
              and layer.op == OP_CONV and layer.out_hw[0] * layer.out_hw[1] > 1}
     fcs = {i for i, layer in layers.items() if int8_fcs and isinstance(layer, Layer)
            and layer.op == OP_FC}
-    forced = plan.forced | convs | fcs
+    slower = {i: encodings.pop(i) for i in sorted(int8_rows) if i in encodings}
+    forced = plan.forced | convs | fcs | set(slower)
     report, custom_index = [], None
     for index in sorted(layers):
         name = fb.op_name(model, ops[index])
         if index not in encodings and index not in forced:
-            reason = kept[index]
+            reason, layer = kept[index], layers[index]
             report.append(PackedOp(index, name, out_names[index], None, reason,
-                                   int8_bytes[index], 0))
+                                   int8_bytes[index], 0, **(dict(
+                                       flash_reads=_reads_per_inference(layer),
+                                       macs=_macs(layer)) if isinstance(layer, Layer) else {})))
             continue
         layer, enc, op = layers[index], encodings.get(index), ops[index]
         blob = pack(layer, enc)
@@ -319,12 +330,36 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
             enc.describe() if enc else "int8 rows" + (
                 " (its activations are packed)" if layer.in_packed or layer.out_packed
                 else " (a max-pool is fused)" if index in plan.forced
+                else int8_rows_label(slower[index]) if index in slower
                 else INT8_ROWS_STAGED[len("int8 rows"):] if index in convs
                 else INT8_ROWS_SEQUENTIAL[len("int8 rows"):]), "",
             int8_bytes[index], len(blob), estimated_per_mac(enc), pool_names.get(index, ""),
-            layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else ()))
+            layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else (),
+            flash_reads=_reads_per_inference(layer), macs=_macs(layer)))
     fb.drop_unused(model)
     return fb.dump(model), report
+
+
+def int8_rows_label(slower: Encoding) -> str:
+    """The encoding (after "int8 rows") of a layer packed as int8 rows because they are
+    faster than its low-bit weights' kernel."""
+    return (f" (faster than its {slower.describe()}: ~{estimated_per_mac(None):.2f} vs "
+            f"~{estimated_per_mac(slower):.2f} instructions/MAC)")
+
+
+def slower_than_int8_rows(packed_ops) -> list[int]:
+    """Indices of the packed FC / CONV_2D layers whose kernel takes more instructions
+    per MAC than int8 rows would (``estimated_per_mac``: codebooks, bit-planes of 2 bits
+    and more), those doing the most MACs first: ``pack_model``'s int8_rows candidates."""
+    int8 = estimated_per_mac(None)
+    slower = [p for p in packed_ops if p.encoding and not p.encoding.startswith("int8 rows")
+              and p.op != "DEPTHWISE_CONV_2D" and p.per_mac > int8]
+    return [p.index for p in sorted(slower, key=lambda p: (-p.macs * (p.per_mac - int8),
+                                                           p.index))]
+
+
+def _macs(layer: Layer) -> int:
+    return int(layer.out_hw[0]) * int(layer.out_hw[1]) * layer.out_channels * layer.depth
 
 
 # TFLM rounds persistent buffers up to this alignment (MicroArenaBufferAlignment).
@@ -349,7 +384,7 @@ def _packed_blobs(model):
 def _reads_per_inference(layer: Layer) -> int:
     """Times an inference reads a layer's rows in place: a CONV_2D once per output
     position, FC and DEPTHWISE_CONV_2D once."""
-    return layer.out_hw[0] * layer.out_hw[1] if layer.op == OP_CONV else 1
+    return int(layer.out_hw[0]) * int(layer.out_hw[1]) if layer.op == OP_CONV else 1
 
 
 def _staging_candidates(model, packed_ops):

@@ -44,7 +44,9 @@ def test_packed_firmware_is_bit_exact(name, codebook, tmp_path):
     levels, encoding = CODEBOOKS[codebook]
     flatbuffer = _models.with_codebook(_models.build(name), levels)
     inputs = _models.random_inputs(flatbuffer, NUM_INPUTS)
-    project = micro_project.generate_project(flatbuffer, tmp_path / "packed", test_inputs=inputs)
+    # Every layer on its low-bit kernel (not int8 rows where they are faster: below).
+    project = micro_project.generate_project(flatbuffer, tmp_path / "packed", test_inputs=inputs,
+                                             choose="smallest")
     packed = [p for p in project.packing if p.encoding and not p.encoding.startswith("int8")]
     assert packed and {p.encoding for p in packed} == {encoding}, project.packing_lines
     # Layers whose blob would outgrow their int8 bytes (tiny layers) keep int8 weights:
@@ -123,9 +125,11 @@ def test_packed_weights_in_ram_leave_the_flash_alone(tmp_path):
     # reads every blob, CONV_2D rows once per output position. Same outputs either way.
     flatbuffer = _models.with_codebook(_models.build("small_cnn"), CODEBOOKS["ternary"][0])
     inputs = _models.random_inputs(flatbuffer, 4)
-    staged = micro_project.generate_project(flatbuffer, tmp_path / "ram", test_inputs=inputs)
+    # choose="smallest": the same (ternary) kernels in both, wherever the weights are.
+    staged = micro_project.generate_project(flatbuffer, tmp_path / "ram", test_inputs=inputs,
+                                            choose="smallest")
     flash = micro_project.generate_project(flatbuffer, tmp_path / "flash", test_inputs=inputs,
-                                           weights_in_ram=False)
+                                           weights_in_ram=False, choose="smallest")
     in_ram = [p for p in staged.packing if p.in_ram]
     assert in_ram and all(p.encoding for p in in_ram), staged.packing_lines
     assert not any(p.in_ram for p in flash.packing)
@@ -173,9 +177,11 @@ def test_conv_rows_too_big_for_ram_are_staged_block_by_block(codebook, tmp_path)
     if codebook:
         flatbuffer = _models.with_codebook(flatbuffer, CODEBOOKS[codebook][0])
     inputs = _models.random_inputs(flatbuffer, 2)
-    staged = micro_project.generate_project(flatbuffer, tmp_path / "staged", test_inputs=inputs)
+    # choose="smallest": fixed4 keeps its bit-plane kernel (by default, int8 rows)
+    staged = micro_project.generate_project(flatbuffer, tmp_path / "staged", test_inputs=inputs,
+                                            choose="smallest")
     flash = micro_project.generate_project(flatbuffer, tmp_path / "flash", test_inputs=inputs,
-                                           weights_in_ram=False)
+                                           weights_in_ram=False, choose="smallest")
     [conv] = [p for p in staged.packing if p.op == "CONV_2D"]
     assert conv.encoding and not conv.in_ram, staged.packing_lines
     assert 0 < conv.stage_channels < 32 and conv.stage_channels % 4 == 0, staged.packing_lines
@@ -207,3 +213,21 @@ def test_generator_leaves_no_conv_reading_its_rows_from_flash_at_every_position(
     assert packing.rereads_from_flash(project.flatbuffer) == [], project.packing_lines
     assert all(p.in_ram or p.stage_channels for p in convs)
     assert project.budget.total <= micro_project.RAM_BYTES
+
+
+def test_layers_faster_as_int8_rows_run_on_them_and_stay_bit_exact(tmp_path):
+    # The demo CNN's shape with 3-bit log weights: by default the generator runs its
+    # layers on int8 rows, which take fewer instructions per MAC than the codebook kernel
+    # and fit the RAM; the device's outputs equal TFLM's reference kernels on the int8
+    # model, as the codebook kernel's do.
+    flatbuffer = _models.with_codebook(_models.build("fashion_cnn"), CODEBOOKS["log3"][0])
+    inputs = _models.random_inputs(flatbuffer, 8)
+    project = micro_project.generate_project(flatbuffer, tmp_path / "fastest", test_inputs=inputs)
+    rows = [p for p in project.packing if p.encoding and "faster than its 3-bit codebook" in
+            p.encoding]
+    assert rows and all(p.in_ram for p in rows), project.packing_lines
+    run = device_outputs(project, len(inputs))
+    firmware_run.check_bit_exact(run, inputs)
+    differ = firmware_run.mismatches(run.outputs, tflm_host.predict(flatbuffer, inputs,
+                                                                    kernels="reference"))
+    assert not differ, f"int8 rows differ from TFLM's reference kernels for inputs {differ}"

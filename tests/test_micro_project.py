@@ -11,7 +11,7 @@ import _models  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
 
 from tflq.converters import flatbuffer as fb
-from tflq.converters import firmware_kernels, micro_project, packing, project_files, tflm
+from tflq.converters import firmware_kernels, layer_cost, micro_project, packing, project_files, tflm
 from tflq.errors import TflqError
 
 PROJECT_FILES = {
@@ -303,3 +303,48 @@ def test_per_eval_staging_is_an_option_of_the_op_and_lasting_copies_clear_it():
     assert all(both[i].in_ram and not both[i].stage_channels for i in convs)
     assert packing.model_scratch_bytes(both_fb) == packing.model_scratch_bytes(packed)
 
+
+
+def test_generator_picks_int8_rows_per_layer_where_its_estimate_is_lower(tmp_path):
+    # log3 weights: int8 rows take fewer instructions per MAC than the codebook kernel.
+    # The demo CNN's second conv has room for them in RAM: it runs on them. Its FC's
+    # 7.8 KB of int8 rows would stay in flash, read at 64 cycles a byte: it keeps the
+    # codebook. The result and the README give each choice and the estimate behind it.
+    flatbuffer = _models.with_codebook(_models.build("fashion_cnn"),
+                                       [-64, -32, -16, 0, 16, 32, 64])
+    smallest = micro_project.generate_project(flatbuffer, tmp_path / "smallest",
+                                              choose="smallest")
+    fastest = micro_project.generate_project(flatbuffer, tmp_path / "fastest")
+    assert all(not p.encoding.startswith("int8 rows (faster") for p in smallest.packing
+               if p.encoding)
+    rows = [p for p in fastest.packing if p.encoding and p.encoding.startswith("int8 rows (faster")]
+    assert [p.op for p in rows] == ["CONV_2D"] and rows[0].in_ram, fastest.packing_lines
+    [fc] = [p for p in fastest.packing if p.op == "FULLY_CONNECTED"]
+    assert fc.encoding == "3-bit codebook" and not fc.in_ram, fastest.packing_lines
+    assert all(f"~{p.per_mac:.2f} vs ~" in p.encoding for p in rows)
+    assert (layer_cost.of_model(fastest.packing).cycles
+            < layer_cost.of_model(smallest.packing).cycles)
+    assert fastest.budget.total <= micro_project.RAM_BYTES
+    readme = (fastest / "README.md").read_text()
+    for p in rows:
+        assert p.estimate.describe() in readme
+        assert p.estimate.instructions == round(p.macs * p.per_mac)
+
+
+def test_generator_keeps_the_low_bit_kernel_where_int8_rows_would_not_fit_the_ram(tmp_path):
+    # A ternary 784 -> 50 layer (the Fashion-MNIST MLP's): its 2-bit planes fit the RAM
+    # and int8 rows do not, and reading 39 KB from flash per inference would cost more
+    # than the int8 kernel saves.
+    _models.keras.utils.set_random_seed(0)
+    flatbuffer = _models.with_codebook(_models.to_int8_tflite(_models.mlp(784, 50)),
+                                       [-60, 0, 60])
+    project = micro_project.generate_project(flatbuffer, tmp_path / "fw")
+    hidden = max(project.packing, key=lambda p: p.macs)
+    assert hidden.encoding == "2-bit bit-planes" and hidden.in_ram, project.packing_lines
+    assert hidden.estimate.flash_bytes == 0
+
+
+def test_choose_must_be_known(tmp_path):
+    with pytest.raises(TflqError, match="unknown choose='quickest'"):
+        micro_project.generate_project(_models.build("mlp"), tmp_path / "fw", choose="quickest")
+    assert not (tmp_path / "fw").exists()

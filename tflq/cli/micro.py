@@ -10,8 +10,9 @@ TFLQ_PACKED ops (--pack=auto|on|off); the others run tflq's rv32 int8 kernels
 (--kernels=tflq) or TFLM's reference ones (--kernels=reference). Low-bit activations
 between tflq layers are stored as k-bit codes (--nopack_activations: int8) and
 max-pools are fused into the convs before them (--nofuse_pools: TFLM's layout). Packed
-weights are copied into RAM where it allows (--noweights_in_ram: read from flash). The
-command prints how each layer was packed, or why it stays int8.
+weights are copied into RAM where it allows (--noweights_in_ram: read from flash). Where
+int8 rows are faster than a layer's low-bit kernel, the layer runs on them (--choose).
+The command prints how each layer was packed, or why it stays int8, and its estimate.
 """
 import os
 
@@ -53,6 +54,11 @@ _WEIGHTS_IN_RAM = flags.DEFINE_bool(
     "weights_in_ram", True, "Copy packed layers' weights into the arena at start-up where "
     "the RAM left allows (CONV_2D first), so inferences do not read them from the SPI "
     "flash. --noweights_in_ram keeps them in flash.")
+_CHOOSE = flags.DEFINE_enum(
+    "choose", "fastest", ["fastest", "smallest"],
+    "Per packed FC / conv layer, the kernel: fastest (int8 rows where they take fewer "
+    "instructions than the low-bit kernel and the whole firmware's estimated cycles go "
+    "down within the RAM) or smallest (the low-bit kernel wherever its weights are smaller).")
 
 
 def main():
@@ -78,7 +84,8 @@ def main():
                                          kernels=_KERNELS.value,
                                          fuse_pools=None if _FUSE_POOLS.value else False,
                                          pack_activations=_PACK_ACTIVATIONS.value,
-                                         weights_in_ram=_WEIGHTS_IN_RAM.value)
+                                         weights_in_ram=_WEIGHTS_IN_RAM.value,
+                                         choose=_CHOOSE.value)
     for line in out.packing_lines:
         print(line)
     if pack and not out.plan.packed:

@@ -1,0 +1,73 @@
+"""What each FC / CONV_2D / DEPTHWISE_CONV_2D of a generated firmware costs one
+inference on the FE310, estimated; the generator chooses each layer's kernel by it
+(``micro_project``) and the project's README shows it.
+
+- instructions = MACs x the kernel's instructions per MAC, measured by
+  ``benchmarks/packed_kernels.py`` on layers of 64 and 128 output channels
+  (``packed_format._PER_MAC``; tflq's builtin int8 DEPTHWISE_CONV_2D:
+  ``INT8_DEPTHWISE_PER_MAC``). A table kernel (codebook, bit-planes) whose tables are
+  shared by fewer channels (a narrow layer, or a block staged at every Eval) takes more:
+  for those the estimate is a lower bound.
+- flash bytes = the weight bytes the layer reads from SPI flash per inference: none
+  when its blob is copied into RAM at AllocateTensors, the blob once when it is staged
+  at every Eval, else its weights at every read (a CONV_2D's at every output position).
+- cycles = instructions + 64 x flash bytes (a byte read in sequence; the 500 cycles of
+  each isolated flash load are not modelled). Both constants follow from the flash
+  controller's reset settings (``converters.flash_reads``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from tflq.converters.packed_format import estimated_per_mac
+
+SEQUENTIAL_BYTE_CYCLES = 64  # core cycles per flash byte read right after the last one
+NONSEQUENTIAL_LOAD_CYCLES = 500  # per isolated 32-bit flash load
+
+# The generator switches a layer from its low-bit kernel to int8 rows only where that
+# saves more than this share of the layer's estimate: the per-MAC figures come from one
+# layer shape each, and shapes move them by more than the closest gaps. (DS-CNN with
+# ternary weights: int8 rows estimated 2% faster, 4.01 vs 3.93 instructions per MAC;
+# measured, the firmware took 4% more instructions with them.)
+SWITCH_MARGIN = 0.10
+
+# tflq's builtin int8 DEPTHWISE_CONV_2D 3x3 on 8x8, 32 and 64 channels: 9.44, 9.41
+# (docs/benchmarks/packed_kernels.md).
+INT8_DEPTHWISE_PER_MAC = 9.43
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    instructions: int = 0
+    flash_bytes: int = 0
+
+    @property
+    def cycles(self) -> int:
+        return self.instructions + SEQUENTIAL_BYTE_CYCLES * self.flash_bytes
+
+    def __add__(self, other: "Estimate") -> "Estimate":
+        return Estimate(self.instructions + other.instructions,
+                        self.flash_bytes + other.flash_bytes)
+
+    def describe(self) -> str:
+        return (f"est. {self.instructions:,} instructions + {self.flash_bytes:,} flash "
+                f"bytes = {self.cycles:,} cycles per inference")
+
+
+def per_mac(p) -> float:
+    """Instructions per MAC of ``p``'s kernel (a ``packing.PackedOp``)."""
+    if p.encoding:
+        return p.per_mac
+    return INT8_DEPTHWISE_PER_MAC if p.op == "DEPTHWISE_CONV_2D" else estimated_per_mac(None)
+
+
+def of_layer(p) -> Estimate:
+    """The estimate of one ``packing.PackedOp`` (module docstring); zero for a layer
+    tflq's kernels do not handle (no MACs counted)."""
+    weight_bytes = p.packed_bytes if p.encoding else p.int8_bytes
+    reads = 0 if p.in_ram else 1 if p.stage_channels else p.flash_reads
+    return Estimate(round(p.macs * per_mac(p)), weight_bytes * reads)
+
+
+def of_model(packed_ops) -> Estimate:
+    return sum((of_layer(p) for p in packed_ops), Estimate())
