@@ -146,18 +146,22 @@ def test_int8_blob_weights_are_4_channel_groups_in_input_order(op):
 @pytest.mark.parametrize("name", list(CODEBOOKS))
 def test_depthwise_3x3_loop_equals_tflm_reference_arithmetic(host, name):
     # Sizes from 1x1 up, SAME and VALID: padding on every side, and inputs narrower
-    # than the window.
+    # than the window; swept along rows, and down columns where those are longer (and
+    # the output as wide as the input).
     rng = np.random.default_rng(zlib.crc32(name.encode()))
+    sweeps = set()
     for trial in range(12):
         layer = random_layer(rng, packing.OP_DEPTHWISE, codebook_of(rng, name),
                              per_channel_scale=trial % 2 == 0, dw3x3=True)
         assert (layer.kernel, layer.stride, layer.dilation) == ((3, 3), (1, 1), (1, 1))
+        sweeps.add(layer.out_hw[0] > layer.out_hw[1] and layer.out_hw[1] == layer.in_hwc[1])
         enc = None if name == "int8" else packing.choose_encoding(layer.weights)
         blob = packing.pack(layer, enc)
         x = input_for(rng, layer, batches=int(rng.integers(1, 3)))
         np.testing.assert_array_equal(host.eval(blob, x, out_size(layer)),
                                       packing.reference(layer, x),
                                       err_msg=f"{name} trial {trial}: {layer}")
+    assert sweeps == {False, True}, "draw shapes for both sweeps"
 
 
 def bit_serial_layer(rng, op, codebook, in_bits, out_codes=None):
@@ -465,6 +469,13 @@ def test_rv32imac_in_qemu_equals_the_reference(tmp_path):
             ih, iw, ic = layer.in_hwc
             x = rng.integers(packing.input_low(bits) if bits else -128, 128, (2, ih * iw * ic))
             cases.append((layer, packing.pack(layer, enc), x.astype(np.int8)))
+    sweeps = {}
+    while len(sweeps) < 2:  # the 3x3 depthwise loop, along rows and down columns
+        layer = random_layer(rng, packing.OP_DEPTHWISE, CODEBOOKS["int8"], dw3x3=True)
+        (oh, ow), iw = layer.out_hw, layer.in_hwc[1]
+        sweeps.setdefault(oh > ow and ow == iw, layer)
+    cases += [(layer, packing.pack(layer, None), input_for(rng, layer, 2))
+              for layer in sweeps.values()]
     source = ['#include <stdio.h>\n#include "tflq_kernels.h"\n']
     calls = []
     for i, (layer, blob, x) in enumerate(cases):

@@ -805,47 +805,59 @@ INLINE int8_t dw3x3_finish(int32_t acc, int32_t multiplier, int32_t shift, int32
   return (int8_t)v;
 }
 
-/* One output row of one channel of the 3x3 depthwise loop. The row's input columns,
- * padded with pad_left zero-point columns in front and the rest behind (out_w + 2 in
- * all), arrive one at a time; column j holds (a, b, d) from the three input rows at
- * p, p + o1, p + o2 and adds its left, middle and right sums (weights w, row-major) to
- * outputs j, j - 1 and j - 2, the last of which is then complete. So each output loads
- * 3 inputs and keeps 2 partial sums. A zero-point column adds the constants zp * (its
- * weights' sum); `acc` holds the bias and the rows outside the input (zero weights). */
-__attribute__((noinline)) static void dw3x3_row(const tflq_layer_t* l, const int8_t* p,
+/* A line a 3x3 depthwise sweep walks, of one channel: an output row, or a column where
+ * the columns are longer (and input and output as wide: one step for both), and the
+ * layer's output constants. */
+typedef struct {
+  ptrdiff_t step; /* bytes between positions along the line, in the input and the output */
+  int count;      /* outputs along the line */
+  int pad_before; /* zero-point positions before the first input position (<= 2) */
+  int in_len;     /* input positions along the line */
+  int32_t zp, offset, lo, hi;
+} dw_line_t;
+
+/* One output line of one channel of the 3x3 depthwise loop. The line's input
+ * positions, padded with pad_before zero-point positions in front and the rest behind
+ * (count + 2 in all), arrive one at a time; position j holds (a, b, d) from the three
+ * neighbouring input lines at p, p + o1, p + o2 and adds its first, middle and last
+ * sums (weights w: w[3 * line + tap along it]) to outputs j, j - 1 and j - 2, the last
+ * of which is then complete. So each output loads 3 inputs and keeps 2 partial sums. A
+ * zero-point position adds the constants zp * (its weights' sum); `acc` holds the bias
+ * and the lines outside the input (zero weights). */
+__attribute__((noinline)) static void dw3x3_row(const dw_line_t* line, const int8_t* p,
                                                 ptrdiff_t o1, ptrdiff_t o2, const int32_t* w,
                                                 int32_t acc, int32_t multiplier,
                                                 int32_t shift, int8_t* o) {
-  const int channels = l->out_channels, out_w = l->out_w, pad_left = l->pad_left;
-  const int32_t zp = -l->input_offset, offset = l->output_offset;
-  const int32_t lo = l->act_min, hi = l->act_max;
+  const ptrdiff_t step = line->step;
+  const int pad_before = line->pad_before;
+  const int32_t zp = line->zp, offset = line->offset, lo = line->lo, hi = line->hi;
   const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6],
                 w7 = w[7], w8 = w[8];
   const int32_t zl = zp * (w0 + w3 + w6), zm = zp * (w1 + w4 + w7), zr = zp * (w2 + w5 + w8);
-  const int columns = out_w + 2, real_end = pad_left + l->in_w;
+  const int positions = line->count + 2, real_end = pad_before + line->in_len;
   int32_t s0 = 0, s1 = 0; /* partial sums of outputs j and j - 1 */
   int j = 0;
-  for (; j < 2; ++j) { /* the first two columns complete no output */
+  for (; j < 2; ++j) { /* the first two positions complete no output */
     int32_t left = zl, middle = zm;
-    if (j >= pad_left && j < real_end) {
+    if (j >= pad_before && j < real_end) {
       const int32_t a = p[0], b = p[o1], d = p[o2];
-      p += channels;
+      p += step;
       left = w0 * a + w3 * b + w6 * d;
       middle = w1 * a + w4 * b + w7 * d;
     }
     s1 = s0 + middle;
     s0 = left;
   }
-  const int main_end = real_end < columns ? real_end : columns;
-  for (; j < main_end; ++j, o += channels) { /* real columns: no tests */
+  const int main_end = real_end < positions ? real_end : positions;
+  for (; j < main_end; ++j, o += step) { /* input positions: no tests */
     const int32_t a = p[0], b = p[o1], d = p[o2];
-    p += channels;
+    p += step;
     *o = dw3x3_finish(acc + s1 + w2 * a + w5 * b + w8 * d, multiplier, shift, offset, lo,
                       hi);
     s1 = s0 + w1 * a + w4 * b + w7 * d;
     s0 = w0 * a + w3 * b + w6 * d;
   }
-  for (; j < columns; ++j, o += channels) { /* zero-point columns behind the row */
+  for (; j < positions; ++j, o += step) { /* zero-point positions behind the line */
     *o = dw3x3_finish(acc + s1 + zr, multiplier, shift, offset, lo, hi);
     s1 = s0 + zm;
     s0 = zl;
@@ -853,33 +865,44 @@ __attribute__((noinline)) static void dw3x3_row(const tflq_layer_t* l, const int
 }
 
 /* DEPTHWISE_CONV_2D 3x3, stride 1, no dilation, multiplier 1, int8 input and output
- * stored directly (pad_left <= 2): one channel at a time, its 9 weights and
- * requantization loaded once, one dw3x3_row per output row. A row outside the input is
- * read from a row inside with zero weights, its taps' zero-point products added to the
- * accumulator once. */
+ * stored directly (padding <= 2): one channel at a time, its 9 weights and
+ * requantization loaded once, one dw3x3_row per output line: rows, or columns where
+ * those are longer (DS-CNN's 25x5: 5 outputs a row, 25 a column) and the output is as
+ * wide as the input. A line outside the input is read from one inside with zero
+ * weights, its taps' zero-point products added to the accumulator once. */
 static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
-  const int channels = l->out_channels, in_h = l->in_h;
+  const int channels = l->out_channels;
   const int32_t zp = -l->input_offset;
   const size_t in_row = (size_t)l->in_w * channels, out_row = (size_t)l->out_w * channels;
+  const int down = l->out_h > l->out_w && l->out_w == l->in_w;
+  const dw_line_t line = {down ? (ptrdiff_t)in_row : channels, down ? l->out_h : l->out_w,
+                          down ? l->pad_top : l->pad_left, down ? l->in_h : l->in_w,
+                          zp, l->output_offset, l->act_min, l->act_max};
+  /* Lines, and the input lines beside them, across the sweep. */
+  const int lines = down ? l->out_w : l->out_h, in_lines = down ? l->in_w : l->in_h;
+  const int pad_across = down ? l->pad_left : l->pad_top;
+  const size_t in_across = down ? (size_t)channels : in_row;
+  const size_t out_across = down ? (size_t)channels : out_row;
   for (int c = 0; c < channels; ++c) {
-    int32_t weights[9];
-    for (int k = 0; k < 9; ++k) weights[k] = weight_at(l, c, k);
+    int32_t weights[9]; /* [3 * line across + tap along it] */
+    for (int k = 0; k < 9; ++k)
+      weights[down ? 3 * (k % 3) + k / 3 : k] = weight_at(l, c, k); /* k: 3 * ky + kx */
     const int q = l->requant_per_channel ? c : 0;
     const int32_t multiplier = l->multiplier[q], shift = l->shift[q];
-    for (int oy = 0; oy < l->out_h; ++oy) {
+    for (int i = 0; i < lines; ++i) {
       const int8_t* rows[3];
       int32_t w[9], acc = l->bias[c];
       for (int r = 0; r < 3; ++r) {
-        const int iy = oy - l->pad_top + r;
-        const int inside = iy >= 0 && iy < in_h;
-        rows[r] = in + (inside ? (size_t)iy * in_row : 0) + c;
+        const int at = i - pad_across + r;
+        const int inside = at >= 0 && at < in_lines;
+        rows[r] = in + (inside ? (size_t)at * in_across : 0) + c;
         for (int k = 3 * r; k < 3 * r + 3; ++k) {
           w[k] = inside ? weights[k] : 0;
           acc += inside ? 0 : zp * weights[k];
         }
       }
-      dw3x3_row(l, rows[0], rows[1] - rows[0], rows[2] - rows[0], w, acc, multiplier, shift,
-                out + (size_t)oy * out_row + c);
+      dw3x3_row(&line, rows[0], rows[1] - rows[0], rows[2] - rows[0], w, acc, multiplier,
+                shift, out + (size_t)i * out_across + c);
     }
   }
 }
@@ -887,7 +910,7 @@ static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
 static void depthwise(const tflq_layer_t* l, const uint8_t* in, uint8_t* output) {
   if (l->kh == 3 && l->kw == 3 && l->stride_h == 1 && l->stride_w == 1 &&
       l->dilation_h == 1 && l->dilation_w == 1 && l->depth_multiplier == 1 &&
-      l->pad_left <= 2 && !l->in_packed && !l->out_packed && !l->pool_kh) {
+      l->pad_left <= 2 && l->pad_top <= 2 && !l->in_packed && !l->out_packed && !l->pool_kh) {
     depthwise3x3(l, (const int8_t*)in, (int8_t*)output);
     return;
   }
