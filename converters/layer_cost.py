@@ -3,11 +3,11 @@ inference on the FE310, estimated; the generator chooses each layer's kernel by 
 (``micro_project``) and the project's README shows it.
 
 - instructions = MACs x the kernel's instructions per MAC, measured by
-  ``benchmarks/packed_kernels.py`` on layers of 64 and 128 output channels
-  (``packed_format._PER_MAC``; tflq's builtin int8 DEPTHWISE_CONV_2D:
-  ``INT8_DEPTHWISE_PER_MAC``). A table kernel (codebook, bit-planes) whose tables are
-  shared by fewer channels (a narrow layer, or a block staged at every Eval) takes more:
-  for those the estimate is a lower bound.
+  ``benchmarks/packed_kernels.py`` on FC 128 -> 128 (``packed_format._PER_MAC``; tflq's
+  builtin int8 DEPTHWISE_CONV_2D: ``INT8_DEPTHWISE_PER_MAC``), corrected for how many
+  channels share a table kernel's tables (``TABLE_PER_INPUT``: a narrow layer, or a
+  block staged at every Eval, builds them more often), plus a staged CONV_2D's patch
+  gathered again for every block of channels after the first (``PATCH_PER_INPUT``).
 - flash bytes = the weight bytes the layer reads from SPI flash per inference: none
   when its blob is copied into RAM at AllocateTensors, the blob once when it is staged
   at every Eval, else its weights at every read (a CONV_2D's at every output position).
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tflq.converters.packed_format import estimated_per_mac
+from tflq.converters.packed_format import FMT_LUT, FMT_PLANES, estimated_per_mac
 
 SEQUENTIAL_BYTE_CYCLES = 64  # core cycles per flash byte read right after the last one
 NONSEQUENTIAL_LOAD_CYCLES = 500  # per isolated 32-bit flash load
@@ -30,6 +30,20 @@ NONSEQUENTIAL_LOAD_CYCLES = 500  # per isolated 32-bit flash load
 # ternary weights: int8 rows estimated 2% faster, 4.01 vs 3.93 instructions per MAC;
 # measured, the firmware took 4% more instructions with them.)
 SWITCH_MARGIN = 0.10
+
+# Instructions per input, output position and block of channels that share them, a
+# kernel spends building its tables; _PER_MAC includes them spread over
+# MEASURED_CHANNELS. Fitted to the demo CNN's layers (conv 8 -> 16 channels on 14x14,
+# FC 7840 -> 10), low-bit kernel on every layer against int8 rows
+# (docs/benchmarks/packed_kernels.md, Fashion-MNIST models): binary 25, ternary 20,
+# fixed4 11 (bit-planes: 20), log3 32 (codebooks: 32).
+TABLE_PER_INPUT = {FMT_PLANES: 20, FMT_LUT: 32}
+MEASURED_CHANNELS = 128
+# Instructions per input to gather a CONV_2D's patch again, per output position and
+# staged block of channels after the first: DS-CNN int8, its four 1x1 convs staged 8
+# channels at a time against the same kernels reading in place, 204k more instructions
+# over 4 x 125 positions x 3 more blocks x 32 inputs.
+PATCH_PER_INPUT = 4
 
 # tflq's builtin int8 DEPTHWISE_CONV_2D 3x3 on 8x8, 32 and 64 channels: 9.44, 9.41
 # (docs/benchmarks/packed_kernels.md).
@@ -55,10 +69,14 @@ class Estimate:
 
 
 def per_mac(p) -> float:
-    """Instructions per MAC of ``p``'s kernel (a ``packing.PackedOp``)."""
-    if p.encoding:
+    """Instructions per MAC of ``p``'s kernel (a ``packing.PackedOp``), its tables
+    shared by as many channels as it has, or as its staged blocks hold."""
+    if not p.encoding:
+        return INT8_DEPTHWISE_PER_MAC if p.op == "DEPTHWISE_CONV_2D" else estimated_per_mac(None)
+    if not p.tables:
         return p.per_mac
-    return INT8_DEPTHWISE_PER_MAC if p.op == "DEPTHWISE_CONV_2D" else estimated_per_mac(None)
+    sharing = min(p.stage_channels or p.out_channels, p.out_channels)
+    return p.per_mac + TABLE_PER_INPUT[p.tables] * (1 / sharing - 1 / MEASURED_CHANNELS)
 
 
 def of_layer(p) -> Estimate:
@@ -66,7 +84,11 @@ def of_layer(p) -> Estimate:
     tflq's kernels do not handle (no MACs counted)."""
     weight_bytes = p.packed_bytes if p.encoding else p.int8_bytes
     reads = 0 if p.in_ram else 1 if p.stage_channels else p.flash_reads
-    return Estimate(round(p.macs * per_mac(p)), weight_bytes * reads)
+    instructions = p.macs * per_mac(p)
+    if p.stage_channels:
+        blocks = -(-p.out_channels // p.stage_channels)
+        instructions += p.positions * (blocks - 1) * p.depth * PATCH_PER_INPUT
+    return Estimate(round(instructions), weight_bytes * reads)
 
 
 def of_model(packed_ops) -> Estimate:

@@ -221,17 +221,25 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
 
     flatbuffer, packed_ops, plan, budget = best = arranged()
     if choose == "fastest" and kernels == "tflq":
-        rows = frozenset()
-        for index in packing.slower_than_int8_rows(best[1]):
-            try:
-                trial = arranged(rows | {index})
-            except TflqError:  # int8 rows would outgrow the flash
-                continue
-            [layer] = [p for p in best[1] if p.index == index]
-            saved = layer_cost.of_model(best[1]).cycles - layer_cost.of_model(trial[1]).cycles
-            if (trial[3].total <= RAM_BYTES
-                    and saved > layer_cost.SWITCH_MARGIN * layer.estimate.cycles):
-                best, rows = trial, rows | {index}
+        rows, tried = frozenset(), set()
+        while True:  # again after a switch: it may have moved weights out of RAM
+            untried = [i for i in packing.slower_than_int8_rows(best[1])
+                       if (rows, i) not in tried]
+            for index in untried:
+                tried.add((rows, index))
+                try:
+                    trial = arranged(rows | {index})
+                except TflqError:  # int8 rows would outgrow the flash
+                    continue
+                [layer] = [p for p in best[1] if p.index == index]
+                saved = (layer_cost.of_model(best[1]).cycles
+                         - layer_cost.of_model(trial[1]).cycles)
+                if (trial[3].total <= RAM_BYTES
+                        and saved > layer_cost.SWITCH_MARGIN * layer.estimate.cycles):
+                    best, rows = trial, rows | {index}
+                    break
+            else:
+                break
         flatbuffer, packed_ops, plan, budget = best
     if variant is not None:
         plan = dataclasses.replace(plan, project_files={**plan.project_files,

@@ -139,7 +139,17 @@ class PackedOp:
     stage_channels: int = 0  # its rows are copied into scratch this many channels at a
     # time at every Eval (stage_per_eval); 0: read in place
     flash_reads: int = 0  # times an inference reads the weights when they stay in flash
-    macs: int = 0  # multiply-accumulates per inference (0: a layer tflq cannot read)
+    # The layer's shape as its kernel sees it: output positions, output channels, inputs
+    # per output (all 0: a layer tflq cannot read).
+    positions: int = 0
+    out_channels: int = 0
+    depth: int = 0
+    tables: int = 0  # FMT_PLANES / FMT_LUT: its kernel builds tables that channels share
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per inference."""
+        return self.positions * self.out_channels * self.depth
 
     @property
     def estimate(self) -> layer_cost.Estimate:
@@ -300,9 +310,8 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
         if index not in encodings and index not in forced:
             reason, layer = kept[index], layers[index]
             report.append(PackedOp(index, name, out_names[index], None, reason,
-                                   int8_bytes[index], 0, **(dict(
-                                       flash_reads=_reads_per_inference(layer),
-                                       macs=_macs(layer)) if isinstance(layer, Layer) else {})))
+                                   int8_bytes[index], 0,
+                                   **(_shape(layer) if isinstance(layer, Layer) else {})))
             continue
         layer, enc, op = layers[index], encodings.get(index), ops[index]
         blob = pack(layer, enc)
@@ -335,7 +344,7 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
                 else INT8_ROWS_SEQUENTIAL[len("int8 rows"):]), "",
             int8_bytes[index], len(blob), estimated_per_mac(enc), pool_names.get(index, ""),
             layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else (),
-            flash_reads=_reads_per_inference(layer), macs=_macs(layer)))
+            **_shape(layer), tables=shares_tables(layer, enc)))
     fb.drop_unused(model)
     return fb.dump(model), report
 
@@ -349,17 +358,29 @@ def int8_rows_label(slower: Encoding) -> str:
 
 def slower_than_int8_rows(packed_ops) -> list[int]:
     """Indices of the packed FC / CONV_2D layers whose kernel takes more instructions
-    per MAC than int8 rows would (``estimated_per_mac``: codebooks, bit-planes of 2 bits
-    and more), those doing the most MACs first: ``pack_model``'s int8_rows candidates."""
+    per MAC than int8 rows would (``layer_cost.per_mac``: codebooks, bit-planes of 2 bits
+    and more, and tables shared by few channels), those doing the most MACs first:
+    ``pack_model``'s int8_rows candidates."""
     int8 = estimated_per_mac(None)
     slower = [p for p in packed_ops if p.encoding and not p.encoding.startswith("int8 rows")
-              and p.op != "DEPTHWISE_CONV_2D" and p.per_mac > int8]
-    return [p.index for p in sorted(slower, key=lambda p: (-p.macs * (p.per_mac - int8),
-                                                           p.index))]
+              and p.op != "DEPTHWISE_CONV_2D" and layer_cost.per_mac(p) > int8]
+    return [p.index for p in sorted(
+        slower, key=lambda p: (-p.macs * (layer_cost.per_mac(p) - int8), p.index))]
 
 
-def _macs(layer: Layer) -> int:
-    return int(layer.out_hw[0]) * int(layer.out_hw[1]) * layer.out_channels * layer.depth
+def shares_tables(layer: Layer, enc: Encoding | None) -> int:
+    """The format (FMT_PLANES / FMT_LUT) whose tables ``layer``'s kernel builds per block
+    of inputs and its channels share (layer_eval.c: uses_shared_tables), else 0."""
+    if enc is None or layer.op == OP_DEPTHWISE or enc.format not in (FMT_PLANES, FMT_LUT):
+        return 0
+    return 0 if enc.format == FMT_LUT and enc.per_channel else enc.format
+
+
+def _shape(layer: Layer) -> dict:
+    """A PackedOp's shape fields and reads of ``layer``."""
+    return dict(flash_reads=_reads_per_inference(layer),
+                positions=int(layer.out_hw[0]) * int(layer.out_hw[1]),
+                out_channels=layer.out_channels, depth=layer.depth)
 
 
 # TFLM rounds persistent buffers up to this alignment (MicroArenaBufferAlignment).

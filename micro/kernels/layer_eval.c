@@ -55,6 +55,16 @@ INLINE int32_t load_in_order(const int32_t* p) {
   return v;
 }
 
+/* *p, loaded before any later load, as load_in_order does for words: rv32 gcc -O2
+ * reorders the three byte loads of a 3-bit codebook chunk, which the FE310's flash then
+ * serves as isolated loads (log3 FC 128 -> 128 in flash: 2,648,180 estimated cycles
+ * with the reordering, 1,084,620 in order). */
+INLINE uint32_t byte_in_order(const uint8_t* p) {
+  uint32_t v = *p;
+  __asm__ volatile("" : "+r"(v) : : "memory");
+  return v;
+}
+
 /* Four consecutive words (or one, repeated, when step is 0) in address order. */
 INLINE void load4(const int32_t* p, int step, int32_t* v0, int32_t* v1, int32_t* v2,
                   int32_t* v3) {
@@ -421,8 +431,9 @@ INLINE int32_t lut_row(const uint8_t* w, const int16_t* t, int chunks, const int
       b = w[1];
       s += lut(t, bits, 4, (b << 1) & 6) + lut(t, bits, 5, (b >> 1) & 6) +
            lut(t, bits, 6, (b >> 3) & 6) + lut(t, bits, 7, (b >> 5) & 6);
-    } else { /* 3 bits: 8 codes in 24 bits */
-      const uint32_t b = (uint32_t)w[0] | ((uint32_t)w[1] << 8) | ((uint32_t)w[2] << 16);
+    } else { /* 3 bits: 8 codes in 24 bits, its bytes read in address order (flash) */
+      const uint32_t b = byte_in_order(w) | (byte_in_order(w + 1) << 8) |
+                         (byte_in_order(w + 2) << 16);
       s += lut(t, bits, 0, (b << 1) & 14) + lut(t, bits, 1, (b >> 2) & 14) +
            lut(t, bits, 2, (b >> 5) & 14) + lut(t, bits, 3, (b >> 8) & 14) +
            lut(t, bits, 4, (b >> 11) & 14) + lut(t, bits, 5, (b >> 14) & 14) +
