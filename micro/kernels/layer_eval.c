@@ -881,11 +881,11 @@ __attribute__((noinline)) static void dw3x3_row(const dw_line_t* line, const int
  * those are longer (DS-CNN's 25x5: 5 outputs a row, 25 a column) and the output is as
  * wide as the input. A line outside the input is read from one inside with zero
  * weights, its taps' zero-point products added to the accumulator once. */
-static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
+INLINE void depthwise3x3_lines(const tflq_layer_t* l, const int8_t* in, int8_t* out,
+                               const int down) {
   const int channels = l->out_channels;
   const int32_t zp = -l->input_offset;
   const size_t in_row = (size_t)l->in_w * channels, out_row = (size_t)l->out_w * channels;
-  const int down = l->out_h > l->out_w && l->out_w == l->in_w;
   const dw_line_t line = {down ? (ptrdiff_t)in_row : channels, down ? l->out_h : l->out_w,
                           down ? l->pad_top : l->pad_left, down ? l->in_h : l->in_w,
                           zp, l->output_offset, l->act_min, l->act_max};
@@ -916,6 +916,15 @@ static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
                 shift, out + (size_t)i * out_across + c);
     }
   }
+}
+
+/* One loop per sweep: each with its steps known (the row sweep's is the loop before
+ * column sweeps came, instruction for instruction). */
+static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
+  if (l->out_h > l->out_w && l->out_w == l->in_w)
+    depthwise3x3_lines(l, in, out, 1);
+  else
+    depthwise3x3_lines(l, in, out, 0);
 }
 
 static void depthwise(const tflq_layer_t* l, const uint8_t* in, uint8_t* output) {
