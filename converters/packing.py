@@ -145,6 +145,7 @@ class PackedOp:
     out_channels: int = 0
     depth: int = 0
     tables: int = 0  # FMT_PLANES / FMT_LUT: its kernel builds tables that channels share
+    instead_of: str = ""  # int8 rows chosen over this slower low-bit encoding (int8_rows)
 
     @property
     def macs(self) -> int:
@@ -184,6 +185,19 @@ def packing_lines(packed_ops) -> list[str]:
                      f"{p.flash_reads} times)")
         lines.append(f"{line}; {p.estimate.describe()}")
     return lines
+
+
+_SHORT_OPS = {"FULLY_CONNECTED": "FC", "CONV_2D": "CONV", "DEPTHWISE_CONV_2D": "DW"}
+
+
+def kernel_summary(packed_ops) -> str:
+    """Each FC / conv layer's kernel in a few words, in model order (the demo's table)."""
+    parts = []
+    for p in packed_ops:
+        kernel = ("int8" if not p.encoding else f"int8 rows, not {p.instead_of}"
+                  if p.instead_of else p.encoding.split(" (")[0])
+        parts.append(f"{_SHORT_OPS[p.op]} {kernel}")
+    return "; ".join(parts)
 
 
 _SAME_CODES = ("MAX_POOL_2D", "RESHAPE", "SQUEEZE", "PAD", "AVERAGE_POOL_2D")
@@ -344,7 +358,8 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
                 else INT8_ROWS_SEQUENTIAL[len("int8 rows"):]), "",
             int8_bytes[index], len(blob), estimated_per_mac(enc), pool_names.get(index, ""),
             layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else (),
-            **_shape(layer), tables=shares_tables(layer, enc)))
+            **_shape(layer), tables=shares_tables(layer, enc),
+            instead_of=slower[index].describe() if index in slower else ""))
     fb.drop_unused(model)
     return fb.dump(model), report
 

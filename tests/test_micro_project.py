@@ -321,6 +321,8 @@ def test_generator_picks_int8_rows_per_layer_where_its_estimate_is_lower(tmp_pat
     assert [p.op for p in rows] == ["CONV_2D"] and rows[0].in_ram, fastest.packing_lines
     [fc] = [p for p in fastest.packing if p.op == "FULLY_CONNECTED"]
     assert fc.encoding == "3-bit codebook" and not fc.in_ram, fastest.packing_lines
+    assert packing.kernel_summary(fastest.packing) == (
+        "CONV int8 rows; CONV int8 rows, not 3-bit codebook; FC 3-bit codebook")
     assert all(f"~{p.per_mac:.2f} vs ~" in p.encoding for p in rows)
     assert (layer_cost.of_model(fastest.packing).cycles
             < layer_cost.of_model(smallest.packing).cycles)

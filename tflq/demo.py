@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tflq.converters import firmware_run, micro_project, tflm
+from tflq.converters import firmware_run, micro_project, packing, tflm
 from tflq.converters import flatbuffer as fb
 from tflq import _env, datasets, outputs, pipeline
 from tflq.schemes import Scheme
@@ -35,7 +35,7 @@ class Row:
     flash_bytes: int  # the firmware image (code, constants, .data) less the test images
     ram_used: int  # arena + stack high water + static data, as measured on the device
     instructions: int  # per inference (minstret, QEMU -icount shift=0)
-    kernels: str  # what the generator chose
+    kernels: str  # what the generator chose, layer by layer (packing.kernel_summary)
 
 
 def _progress(start: float, text: str) -> None:
@@ -114,7 +114,8 @@ def _firmware_row(folder: Path, name: str, result, x_test, y_test, count: int,
         device_images=count, bit_exact=exact, weight_bytes=fb.weight_bytes(project.flatbuffer),
         flash_bytes=firmware_run.flash_bytes(device.elf) - int(inputs.nbytes),
         ram_used=device.arena_bytes + device.stack_bytes + ram - arena_array,
-        instructions=device.instructions, kernels=project.plan.note)
+        instructions=device.instructions,
+        kernels=packing.kernel_summary(project.packing) or project.plan.note)
 
 
 def format_table(rows: list[Row], device_images: int) -> str:
