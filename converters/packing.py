@@ -424,16 +424,12 @@ def _reads_per_inference(layer: Layer) -> int:
 
 
 def _staging_candidates(model, packed_ops):
-    """``packed_ops`` with ``flash_reads`` filled in, and (reads, blob bytes, op index,
-    buffer) for each blob this packing made (not a TFLQ_PACKED op the input model had).
-    """
-    ops, candidates = list(packed_ops), []
-    for _, index, buffer in _packed_operators(model, packed_ops):
-        layer, _ = unpack(bytes(bytearray(buffer.data)))
-        reads = _reads_per_inference(layer)
-        ops[index] = dataclasses.replace(ops[index], flash_reads=reads)
-        candidates.append((reads, len(buffer.data), index, buffer))
-    return ops, candidates
+    """``packed_ops`` as a list, and (reads, blob bytes, op index, buffer) for each blob
+    this packing made (not a TFLQ_PACKED op the input model had); pack_model recorded
+    each layer's reads (``PackedOp.flash_reads``)."""
+    ops = list(packed_ops)
+    return ops, [(ops[index].flash_reads, len(buffer.data), index, buffer)
+                 for _, index, buffer in _packed_operators(model, packed_ops)]
 
 
 def _set_flag(buffer, flag: int) -> None:
@@ -451,7 +447,7 @@ def stage_in_ram(flatbuffer: bytes, packed_ops, ram_left: int) -> tuple[bytes, l
     often go first (CONV_2D: out_h x out_w times; FC and DEPTHWISE_CONV_2D once), larger
     blobs first among equals. A blob copied into RAM is no longer staged at every Eval
     (``stage_per_eval``: its custom options are cleared). Returns the flatbuffer and
-    ``packed_ops`` with ``in_ram`` and ``flash_reads`` filled in."""
+    ``packed_ops`` with ``in_ram`` filled in."""
     model = fb.load(bytes(flatbuffer))
     ops, candidates = _staging_candidates(model, packed_ops)
     for reads, size, index, buffer in sorted(candidates, key=lambda c: (-c[0], -c[1], c[2])):
