@@ -44,6 +44,8 @@ class DeviceRun:
     preds: np.ndarray | None  # (images, 3): k, label, argmax (accuracy firmware)
     stats: dict[str, int]  # STATS and FEATURES fields
     flash: flash_reads.FlashReads | None = None  # per inference, if run with flash=True
+    # instructions per function over all inferences, most first, if run with profile=True
+    profile: dict[str, int] | None = None
 
     @property
     def elf(self) -> Path:
@@ -72,20 +74,24 @@ def build(project: Path, jobs: int = 2) -> Path:
 
 
 def run(project: Path, timeout_s: float = 600, build_first: bool = True,
-        flash: bool = False) -> DeviceRun:
+        flash: bool = False, profile: bool = False) -> DeviceRun:
     """Builds (unless told not to) and runs the project's QEMU firmware; parses its output.
 
     ``flash``: also count the data loads each inference makes from SPI flash
-    (``flash_reads``; QEMU runs with the counting plugin, a few times slower)."""
+    (``flash_reads``; QEMU runs with the counting plugin, a few times slower);
+    ``profile``: with it, the instructions of the inferences per function."""
     project = Path(project)
     if build_first:
         build(project)
     with tempfile.TemporaryDirectory(prefix="tflq-flash-") as tmp:
-        log = Path(tmp) / "flash_reads.txt"
-        result = toolchain.run_qemu(project / QEMU_ELF, timeout_s,
-                                    flash_reads.qemu_args(log) if flash else ())
+        log, hot = Path(tmp) / "flash_reads.txt", Path(tmp) / "profile.txt"
+        result = toolchain.run_qemu(
+            project / QEMU_ELF, timeout_s,
+            flash_reads.qemu_args(log, hot if profile else None) if flash or profile else ())
         flash_result = flash_reads.parse(log.read_text() if log.exists() else "",
                                          str(project / QEMU_ELF)) if flash else None
+        functions = (flash_reads.functions(hot.read_text() if hot.exists() else "",
+                                           function_symbols(project / QEMU_ELF)) if profile else None)
     text = result.uart_text
     found = {int(m.group(1)): [int(v) for v in m.group(2).split()] for m in _OUTPUT.finditer(text)}
     outputs = None
@@ -100,7 +106,8 @@ def run(project: Path, timeout_s: float = 600, build_first: bool = True,
     for m in re.finditer(r"^FEATURES (.*)$", text, re.M):
         stats.update({k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))})
     return DeviceRun(project, text, result.exit_code, outputs,
-                     np.array(preds, np.int64) if preds else None, stats, flash_result)
+                     np.array(preds, np.int64) if preds else None, stats, flash_result,
+                     functions)
 
 
 def project_info(project: Path) -> dict:
@@ -152,6 +159,14 @@ def elf_sections(elf: Path) -> dict[str, int]:
     out = subprocess.run([toolchain.find_toolchain().tool("size"), "-A", str(elf)],
                          capture_output=True, text=True, check=True).stdout
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\.\S+)\s+(\d+)", out, re.M)}
+
+
+def function_symbols(elf: Path) -> list[tuple[int, str]]:
+    """(address, name) of the ELF's functions, by address (``nm -C``)."""
+    out = subprocess.run([toolchain.find_toolchain().tool("nm"), "-C", "-n", str(elf)],
+                         capture_output=True, text=True, check=True).stdout
+    return [(int(m.group(1), 16), m.group(2))
+            for m in re.finditer(r"^(\w+) [tTwW] (.+)$", out, re.M)]
 
 
 def ram_sections(elf: Path) -> tuple[int, int]:

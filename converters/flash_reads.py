@@ -23,6 +23,7 @@ instruction beyond one are not in it.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import os
@@ -79,9 +80,22 @@ def plugin() -> Path:
     return out
 
 
-def qemu_args(log: Path) -> tuple[str, ...]:
-    """QEMU options that load the plugin, writing one line per window to ``log``."""
-    return ("-plugin", f"{plugin()},out={log}")
+def qemu_args(log: Path, profile: Path | None = None) -> tuple[str, ...]:
+    """QEMU options that load the plugin, writing one line per window to ``log`` (and
+    the windows' instructions per translated block to ``profile``)."""
+    return ("-plugin", f"{plugin()},out={log}" + (f",profile={profile}" if profile else ""))
+
+
+def functions(profile: str, symbols: list[tuple[int, str]]) -> dict[str, int]:
+    """The plugin's profile as instructions per function (``symbols``: (address, name)
+    by address; a block belongs to the last symbol at or below its pc), most first."""
+    starts = [a for a, _ in symbols]
+    totals: dict[str, int] = {}
+    for m in re.finditer(r"^pc=0x([0-9a-f]+) instructions=(\d+)$", profile, re.M):
+        i = bisect.bisect_right(starts, int(m.group(1), 16)) - 1
+        name = symbols[i][1] if i >= 0 else "?"
+        totals[name] = totals.get(name, 0) + int(m.group(2))
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def parse(text: str, source: str = "flash_reads") -> FlashReads:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tflq.converters import flash_reads, toolchain
+from tflq.converters import firmware_run, flash_reads, toolchain
 from tflq.converters.toolchain import FE310_DIR
 from tflq.errors import TflqError
 
@@ -247,6 +247,31 @@ def test_flash_reads_are_counted_as_the_flash_controller_serves_them(tc, tmp_pat
     assert reads == flash_reads.FlashReads(windows=1, loads=1064, bytes=1000 + 64 * 4,
                                            seq_bytes=999, nonseq_loads=1 + 64)
     assert reads.silicon_cycles(10) == 10 + 64 * 999 + 500 * 65
+
+
+def test_profile_counts_the_window_s_instructions_per_function(tc, tmp_path):
+    # busy runs 100 times as many loop iterations as brief, both inside the window;
+    # outside runs after it closes and must not be counted.
+    src = ("profile.c",
+           '#include <stdint.h>\n#include "perf.h"\n'
+           'volatile uint32_t sink;\n'
+           '#define SPIN(name) __attribute__((noinline)) void name(int n) {'
+           ' for (int i = 0; i < n; ++i) sink += i; }\n'
+           'SPIN(busy) SPIN(brief) SPIN(outside)\n'
+           'int main(void) {\n'
+           '  TFLQ_FLASH_WINDOW(1);\n'
+           '  busy(1000);\n  brief(10);\n'
+           '  TFLQ_FLASH_WINDOW(0);\n'
+           '  outside(1000);\n'
+           '  return 0;\n}\n')
+    elf = build(tc, tmp_path, [src], includes=[f"-I{FE310_DIR}"])
+    log, profile = tmp_path / "flash.txt", tmp_path / "profile.txt"
+    result = toolchain.run_qemu(elf, timeout_s=60, extra=flash_reads.qemu_args(log, profile))
+    assert result.exit_code == 0
+    functions = flash_reads.functions(profile.read_text(), firmware_run.function_symbols(elf))
+    assert "outside" not in functions, functions
+    assert functions["busy"] > 50 * functions["brief"] > 0, functions
+    assert list(functions)[0] == "busy"
 
 
 def test_flash_reads_without_a_window_is_one_clear_error():

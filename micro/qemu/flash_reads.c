@@ -17,6 +17,13 @@
  * any other is *non-sequential* (one nonseq_loads). Instruction fetches go through the
  * I-cache and are not data loads: they are not counted, and their refills (which would
  * also break a sequential run on silicon) are not modelled.
+ *
+ * With profile=FILE it also writes, at exit, where the windows' instructions went: one
+ * line per translation block start, summed over all windows,
+ *
+ *   pc=0xADDR instructions=N
+ *
+ * (benchmarks/_firmware.py maps them to the ELF's functions).
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -43,6 +50,21 @@ static int window_open;
 static uint64_t windows;
 static Counts counts;
 static uint64_t next_byte = UINT64_MAX;  /* the byte the controller would stream next */
+
+/* profile=FILE: instructions executed in windows, per translated block (a block
+ * translated again gets a record of its own; the lines are summed by pc at exit). */
+typedef struct Block {
+  uint64_t pc, insns, instructions;
+  struct Block *next;
+} Block;
+static FILE *profile;
+static Block *blocks;
+
+static void on_block(unsigned int vcpu, void *userdata) {
+  (void)vcpu;
+  Block *b = userdata;
+  if (window_open) b->instructions += b->insns;
+}
 
 static void on_load(unsigned int vcpu, tflq_meminfo info, uint64_t vaddr, void *userdata) {
   (void)vcpu;
@@ -78,6 +100,16 @@ static void on_window(unsigned int vcpu, void *userdata) {
 static void on_translate(tflq_plugin_id id, struct qemu_plugin_tb *tb) {
   (void)id;
   const size_t n = qemu_plugin_tb_n_insns(tb);
+  if (profile) {
+    Block *b = calloc(1, sizeof *b);
+    if (b) {
+      b->pc = qemu_plugin_tb_vaddr(tb);
+      b->insns = n;
+      b->next = blocks;
+      blocks = b;
+      qemu_plugin_register_vcpu_tb_exec_cb(tb, on_block, TFLQ_CB_NO_REGS, b);
+    }
+  }
   for (size_t i = 0; i < n; ++i) {
     struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
     if (qemu_plugin_insn_size(insn) == 4) {
@@ -99,6 +131,11 @@ static void on_qemu_exit(tflq_plugin_id id, void *userdata) {
   (void)userdata;
   if (out) fclose(out);
   out = NULL;
+  for (Block *b = blocks; b; b = b->next)
+    if (b->instructions) fprintf(profile, "pc=0x%" PRIx64 " instructions=%" PRIu64 "\n", b->pc,
+                                 b->instructions);
+  if (profile) fclose(profile);
+  profile = NULL;
 }
 
 static int parse_address(const char *text, uint64_t *value) {
@@ -114,6 +151,11 @@ EXPORT int qemu_plugin_install(tflq_plugin_id id, const tflq_qemu_info *info, in
   for (int i = 0; i < argc; ++i) {
     if (strncmp(argv[i], "out=", 4) == 0) {
       path = argv[i] + 4;
+    } else if (strncmp(argv[i], "profile=", 8) == 0) {
+      if ((profile = fopen(argv[i] + 8, "w")) == NULL) {
+        fprintf(stderr, "flash_reads: cannot write profile '%s'\n", argv[i] + 8);
+        return 1;
+      }
     } else if (strncmp(argv[i], "lo=", 3) == 0 && parse_address(argv[i] + 3, &flash_lo)) {
     } else if (strncmp(argv[i], "hi=", 3) == 0 && parse_address(argv[i] + 3, &flash_hi)) {
     } else {

@@ -46,6 +46,10 @@ void qemu_plugin_register_vcpu_mem_cb(struct qemu_plugin_insn *insn, tflq_mem_cb
                                       int flags, int rw, void *userdata);
 unsigned int qemu_plugin_mem_size_shift(tflq_meminfo info);
 bool qemu_plugin_mem_is_store(tflq_meminfo info);
+uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
+typedef void (*tflq_tb_exec_cb)(unsigned int vcpu, void *userdata);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, tflq_tb_exec_cb cb,
+                                          int flags, void *userdata);
 void qemu_plugin_register_atexit_cb(tflq_plugin_id id, tflq_exit_cb cb, void *userdata);
 
 #endif
