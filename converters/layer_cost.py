@@ -40,10 +40,11 @@ SWITCH_MARGIN = 0.10
 TABLE_PER_INPUT = {FMT_PLANES: 20, FMT_LUT: 32}
 MEASURED_CHANNELS = 128
 # Instructions per input to gather a CONV_2D's patch again, per output position and
-# staged block of channels after the first: DS-CNN int8, its four 1x1 convs staged 8
-# channels at a time against the same kernels reading in place, 204k more instructions
-# over 4 x 125 positions x 3 more blocks x 32 inputs.
-PATCH_PER_INPUT = 4
+# staged block of channels after the first: CONV_2D 3x3 16 -> 64 on 8x8 staged 16
+# channels at a time, its patch gathering (conv_channels in the benchmark's QEMU
+# profile) 98,164 instructions over 4 blocks x 64 positions x 144 inputs. (A 1x1
+# kernel over int8 input gathers nothing: this overestimates it.)
+PATCH_PER_INPUT = 2.7
 
 # tflq's builtin int8 DEPTHWISE_CONV_2D 3x3 on 8x8, 32 and 64 channels: 9.44, 9.41
 # (docs/benchmarks/packed_kernels.md).

@@ -103,7 +103,7 @@ def generate_project(flatbuffer: bytes, out_dir, target: str = "fe310",
     arena goes from 9,260 to 3,164 B, with 4.8% fewer instructions. ``kernels``:
     "tflq" runs the remaining int8 FC / CONV_2D / DEPTHWISE_CONV_2D on tflq's rv32
     kernels, "reference" on TFLM's. With tflq's kernels an int8 FULLY_CONNECTED becomes
-    TFLQ_PACKED int8 rows in 4-channel groups, which its kernel reads from flash as one
+    TFLQ_PACKED int8 rows in channel groups, which its kernel reads from flash as one
     sequential stream (``packing.pack_model``'s int8_fcs; FC 128 -> 128: 2,046
     non-sequential flash loads as a builtin op, 186 packed).
     ``weights_in_ram``: where the RAM left after all that allows, packed layers' weights
@@ -297,14 +297,14 @@ def _weights_staged(flatbuffer, int8_flatbuffer, plan, budget, packed_ops, name,
 
 # Channels per staged block that _weights_per_eval tries, after all of a layer's: fewer
 # take less scratch and repeat the patch (and shared tables) once per block.
-STAGE_CHANNELS = (16, 8, 4)
+STAGE_CHANNELS = (16, packing.STAGE_UNIT)
 
 
 def _weights_per_eval(flatbuffer, int8_flatbuffer, plan, budget, packed_ops, name, placed):
     """The flatbuffer with the CONV_2D blobs left in flash staged into scratch at every
     Eval (``packing.stage_per_eval``): each in turn, the most flash bytes saved first,
     with the most channels per block whose measured budget fits beside those before it;
-    a layer for which even 4 do not fit stays as it is."""
+    a layer for which even ``packing.STAGE_UNIT`` do not fit stays as it is."""
     chosen = {}
     result = flatbuffer, packed_ops, budget
     for index in packing.per_eval_candidates(flatbuffer, packed_ops):

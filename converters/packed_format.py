@@ -101,7 +101,7 @@ class Encoding:
 # row). Between measured points, linear. The packer compares them to choose a layer's
 # kernel.
 _PER_MAC = {
-    FMT_INT8: {8: 3.93},
+    FMT_INT8: {8: 3.51},  # int8 rows in 8-channel groups (the generator's int8 FC)
     FMT_PLANES: {1: 2.58, 2: 4.01, 4: 6.85},
     FMT_LUT: {2: 7.54, 3: 7.54, 4: 7.86},
     FMT_BITSERIAL: {1: 0.90, 2: 1.76, 4: 3.18, 16: 11.73},
@@ -335,20 +335,36 @@ def thresholds(layer: Layer, enc: Encoding) -> np.ndarray | None:
     return out.astype(np.int32)
 
 
+# int8 FC / CONV_2D blobs store output channels in groups of 8 while 8 remain, then one
+# of 4 (micro/kernels/tflq_kernels.h, TFLQ_FMT_INT8); the kernel's group loops read each
+# group in one sequential stream. A staged block (stage_channels) is a multiple of
+# STAGE_UNIT channels, or all, so that it holds whole groups (TFLQ_STAGE_UNIT).
+INT8_GROUPS = (8, 4)
+STAGE_UNIT = 8
+
+
+def _int8_group_spans(c: int) -> list[tuple[int, int, int]]:
+    """(first channel, channels, group size) of ``INT8_GROUPS``' runs, then the rows."""
+    spans, first = [], 0
+    for size in INT8_GROUPS:
+        n = (c - first) // size * size
+        spans.append((first, n, size))
+        first += n
+    return spans + [(first, c - first, 1)]
+
+
 def _int8_groups(w: np.ndarray) -> np.ndarray:
-    """int8 FC / CONV_2D weights (c, k) in the blob's order: 4-channel groups, each
-    ordered by input (w[c, k], .., w[c + 3, k], then k + 1), then the last c % 4 rows;
-    the 4-channel kernel loop reads them in one sequential stream."""
-    full = w.shape[0] & ~3
-    grouped = w[:full].reshape(-1, 4, w.shape[1]).transpose(0, 2, 1).reshape(-1)
-    return np.concatenate([grouped, w[full:].reshape(-1)])
+    """int8 FC / CONV_2D weights (c, k) in the blob's order: each group ordered by input
+    (w[c, k], .., w[c + g - 1, k], then k + 1), then the last c % 4 rows."""
+    k = w.shape[1]
+    return np.concatenate([w[a:a + n].reshape(-1, g, k).transpose(0, 2, 1).reshape(-1)
+                           for a, n, g in _int8_group_spans(w.shape[0])])
 
 
 def _int8_rows(raw: np.ndarray, c: int, k: int) -> np.ndarray:
     """The (c, k) weights of ``_int8_groups``' order."""
-    full = c & ~3
-    grouped = raw[:full * k].reshape(-1, k, 4).transpose(0, 2, 1).reshape(full, k)
-    return np.concatenate([grouped, raw[full * k:].reshape(c - full, k)])
+    return np.concatenate([raw[a * k:(a + n) * k].reshape(-1, k, g).transpose(0, 2, 1)
+                           .reshape(n, k) for a, n, g in _int8_group_spans(c)])
 
 
 def pack(layer: Layer, enc: Encoding | None = None) -> bytes:

@@ -23,7 +23,7 @@ from tflq.converters.packed_format import (  # noqa: F401
     CUSTOM_CODE, FLAG_IN_RAM, FLAGS_OFFSET, FMT_BITSERIAL, FMT_INT8, FMT_LUT, FMT_PLANES,
     FORMAT_NAMES, HEADER, MAX_BITS,
     OP_CONV, OP_DEPTHWISE, OP_FC, OP_NAMES, Encoding, Layer, bias_eff, bit_serial,
-    same_padding as _same_padding,
+    STAGE_UNIT, same_padding as _same_padding,
     choose_encoding, estimated_per_mac, input_low, pack, reference, scratch_bytes, stage_bytes,
     thresholds, unpack)
 from tflq.converters.requantize import quantize_multiplier
@@ -240,9 +240,9 @@ def input_code_bits(model) -> dict:
 # The encoding of an int8 CONV_2D that int8_convs made TFLQ_PACKED (so that its rows
 # can be copied into RAM).
 INT8_ROWS_STAGED = "int8 rows (to be copied into RAM)"
-# An int8 FULLY_CONNECTED that int8_fcs made TFLQ_PACKED: its blob's 4-channel groups
+# An int8 FULLY_CONNECTED that int8_fcs made TFLQ_PACKED: its blob's channel groups
 # (packed_format._int8_groups) are read from flash in one sequential stream.
-INT8_ROWS_SEQUENTIAL = "int8 rows (4-channel groups, read in sequence)"
+INT8_ROWS_SEQUENTIAL = "int8 rows (channel groups, read in sequence)"
 
 
 def pack_model(flatbuffer: bytes, int8_pools: bool = False,
@@ -259,10 +259,10 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
     int8 CONV_2D with more than one output position becomes int8 rows too, so that
     ``stage_in_ram`` can copy its rows into RAM: it reads them once per output position,
     each read a flash read on the FE310 while they stay in the model. ``int8_fcs``:
-    every int8 FULLY_CONNECTED becomes int8 rows too, whose 4-channel groups tflq's
+    every int8 FULLY_CONNECTED becomes int8 rows too, whose channel groups tflq's
     kernel reads in sequence: the FE310's flash serves a sequential byte in 64 cycles
     and an isolated load in about 500 (``converters.flash_reads``), and TFLite's row
-    layout makes the 4-channel loop jump between rows. ``int8_rows``: indices of operators
+    layout makes the group loop jump between rows. ``int8_rows``: indices of operators
     packed as int8 rows although their weights are low-bit (``slower_than_int8_rows``:
     the generator's choice, by ``layer_cost``, of the faster kernel).
 
@@ -501,9 +501,11 @@ def stage_per_eval(flatbuffer: bytes, packed_ops, channels: dict) -> tuple[bytes
             continue
         layer, _ = unpack(bytes(bytearray(buffer.data)))
         n = min(int(channels[index]), layer.out_channels)
-        if layer.op != OP_CONV or ops[index].in_ram or not (n == layer.out_channels or n % 4 == 0):
+        if (layer.op != OP_CONV or ops[index].in_ram
+                or not (n == layer.out_channels or n % STAGE_UNIT == 0)):
             raise TflqError(f"{ops[index].output!r}: cannot stage {n} channels at a time "
-                            "(CONV_2D with weights in flash only; a multiple of 4, or all)")
+                            f"(CONV_2D with weights in flash only; a multiple of {STAGE_UNIT}, "
+                            "or all)")
         op.customOptions = np.frombuffer(struct.pack("<H", n), np.uint8).copy()
         ops[index] = dataclasses.replace(ops[index], stage_channels=n)
     return fb.dump(model), ops

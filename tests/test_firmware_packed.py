@@ -50,7 +50,7 @@ def test_packed_firmware_is_bit_exact(name, codebook, tmp_path):
     packed = [p for p in project.packing if p.encoding and not p.encoding.startswith("int8")]
     assert packed and {p.encoding for p in packed} == {encoding}, project.packing_lines
     # Layers whose blob would outgrow their int8 bytes (tiny layers) keep int8 weights:
-    # builtin, or int8 rows where a max-pool is fused into them, or (FCs) in 4-channel
+    # builtin, or int8 rows where a max-pool is fused into them, or (FCs) in channel
     # groups read in sequence.
     kept = [p for p in project.packing if not p.encoding]
     assert all("would not be smaller" in p.reason for p in kept), project.packing_lines
@@ -184,7 +184,7 @@ def test_conv_rows_too_big_for_ram_are_staged_block_by_block(codebook, tmp_path)
                                            weights_in_ram=False, choose="smallest")
     [conv] = [p for p in staged.packing if p.op == "CONV_2D"]
     assert conv.encoding and not conv.in_ram, staged.packing_lines
-    assert 0 < conv.stage_channels < 32 and conv.stage_channels % 4 == 0, staged.packing_lines
+    assert 0 < conv.stage_channels < 32 and conv.stage_channels % packing.STAGE_UNIT == 0, staged.packing_lines
     assert conv.flash_reads == 12 * 12
     assert (f"{conv.stage_channels} channels at a time" in (staged / "README.md").read_text())
     assert staged.budget.total <= micro_project.RAM_BYTES

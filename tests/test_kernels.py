@@ -124,22 +124,23 @@ def test_c_kernels_equal_tflm_reference_arithmetic(host, op, name):
 
 
 @pytest.mark.parametrize("op", [packing.OP_FC, packing.OP_CONV], ids=["fc", "conv"])
-def test_int8_blob_weights_are_4_channel_groups_in_input_order(op):
-    # The 4-channel loop reads a group's weights as one sequential stream (the FE310's
-    # flash serves a byte after the last one without a new command): w[c..c+3, k] at
-    # group offset 4k. 7 channels: one group, then 3 rows.
+def test_int8_blob_weights_are_channel_groups_in_input_order(op):
+    # The group loops read a group's weights as one sequential stream (the FE310's
+    # flash serves a byte after the last one without a new command): w[c..c+g-1, k] at
+    # group offset g k. 15 channels: one group of 8, one of 4, then 3 rows.
     rng = np.random.default_rng(7)
     layer = random_layer(rng, op, CODEBOOKS["int8"])
-    layer.weights = rng.integers(-128, 128, (7, 5)).astype(np.int8)
-    layer.bias = layer.bias[:1].repeat(7)
-    layer.multiplier, layer.shift = layer.multiplier[:1].repeat(7), layer.shift[:1].repeat(7)
+    layer.weights = rng.integers(-128, 128, (15, 5)).astype(np.int8)
+    layer.bias = layer.bias[:1].repeat(15)
+    layer.multiplier, layer.shift = layer.multiplier[:1].repeat(15), layer.shift[:1].repeat(15)
     if op == packing.OP_CONV:
         layer.in_hwc, layer.kernel = (*layer.in_hwc[:2], 5), (1, 1)
     blob = packing.pack(layer, None)
-    stored = np.frombuffer(blob, np.int8, 35, len(blob) - 35)
+    stored = np.frombuffer(blob, np.int8, 75, len(blob) - 75)
     w = layer.weights
-    np.testing.assert_array_equal(stored[:20], w[:4].T.reshape(-1))
-    np.testing.assert_array_equal(stored[20:], w[4:].reshape(-1))
+    np.testing.assert_array_equal(stored[:40], w[:8].T.reshape(-1))
+    np.testing.assert_array_equal(stored[40:60], w[8:12].T.reshape(-1))
+    np.testing.assert_array_equal(stored[60:], w[12:].reshape(-1))
     np.testing.assert_array_equal(packing.unpack(blob)[0].weights, w)
 
 
@@ -301,9 +302,8 @@ def test_conv_staged_in_blocks_of_channels_equals_the_reference(host, name):
         x = rng.integers(low, 128, (int(rng.integers(1, 3)), ih * iw * ic)).astype(np.int8)
         expected = packing.reference(layer, x)
         c = layer.out_channels
-        for channels in sorted({4, 8, c} - ({4, 8} if c <= 4 else set())):
-            if channels > c:
-                continue
+        unit = packing.STAGE_UNIT
+        for channels in sorted({c, *(n for n in (unit, 2 * unit) if n < c)}):
             assert host.scratch_bytes(blob, channels) == (
                 packing.scratch_bytes(layer, enc) + packing.stage_bytes(layer, enc, channels))
             np.testing.assert_array_equal(host.run(blob, x, channels), expected,

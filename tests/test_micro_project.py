@@ -27,7 +27,7 @@ PROJECT_FILES = {
     # the firmware's own flatbuffer and the generator's decisions (converters.firmware_run)
     "model.tflite", "tflq_project.json", "test_inputs.npy"}
 # tflq's kernels for a FULLY_CONNECTED-only int8 model (kernels="tflq", the default):
-# its FCs become TFLQ_PACKED int8 rows (4-channel groups read from flash in sequence).
+# its FCs become TFLQ_PACKED int8 rows (channel groups read from flash in sequence).
 RV32_FC_FILES = {f"tflq_kernels/{n}" for n in (
     "tflq_kernels.h", "tflq_requantize.h", "layer_check.c", "layer_eval.c", "tflq_ops.h", "int8_common.cc",
     "tflq_packed_op.cc")}

@@ -99,9 +99,9 @@ int tflq_layer_check(const tflq_layer_t* l, char* err, size_t n) {
   }
   if (l->stage_channels != 0 &&
       (l->op != TFLQ_OP_CONV || l->stage_channels < 0 || l->stage_channels > l->out_channels ||
-       (l->stage_channels % 4 != 0 && l->stage_channels != l->out_channels)))
-    return fail(err, n, "%s: %d channels staged at a time (CONV_2D only: a multiple of 4 up "
-                "to %d, or all)", op, l->stage_channels, l->out_channels);
+       (l->stage_channels % TFLQ_STAGE_UNIT != 0 && l->stage_channels != l->out_channels)))
+    return fail(err, n, "%s: %d channels staged at a time (CONV_2D only: a multiple of %d up "
+                "to %d, or all)", op, l->stage_channels, TFLQ_STAGE_UNIT, l->out_channels);
   if (l->row_bytes != expected_row_bytes(l->format, l->bits, l->depth))
     return fail(err, n, "%s: %d bytes per weight row, expected %d for %d-bit weights of depth %d",
                 op, l->row_bytes, expected_row_bytes(l->format, l->bits, l->depth), l->bits,

@@ -26,6 +26,12 @@
 #define NO_PRESCHEDULE
 #endif
 
+#if defined(__GNUC__) && !defined(__clang__)
+#define INLINE_COPIES __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define INLINE_COPIES
+#endif
+
 /* Inputs per block: 512 bytes of tables whatever the format. */
 enum { PLANES_BLOCK = 64, LUT_TABLE_BYTES = 512 };
 
@@ -33,12 +39,23 @@ int32_t tflq_requantize(int32_t acc, int32_t multiplier, int32_t shift) {
   return tflq_multiply_by_quantized_multiplier(acc, multiplier, shift);
 }
 
-/* A requantized accumulator as the layer's int8 output. */
-INLINE int8_t clamp_output(const tflq_layer_t* l, int32_t requantized) {
-  int32_t v = requantized + l->output_offset;
-  if (v < l->act_min) v = l->act_min;
-  if (v > l->act_max) v = l->act_max;
+/* A requantized accumulator as the int8 output of a layer with this output offset and
+ * activation range. */
+typedef struct {
+  int32_t offset, min, max;
+} out_range_t;
+INLINE out_range_t out_range(const tflq_layer_t* l) {
+  const out_range_t r = {l->output_offset, l->act_min, l->act_max};
+  return r;
+}
+INLINE int8_t clamp_to(out_range_t r, int32_t requantized) {
+  int32_t v = requantized + r.offset;
+  if (v < r.min) v = r.min;
+  if (v > r.max) v = r.max;
   return (int8_t)v;
+}
+INLINE int8_t clamp_output(const tflq_layer_t* l, int32_t requantized) {
+  return clamp_to(out_range(l), requantized);
 }
 
 INLINE int8_t finish(const tflq_layer_t* l, int c, int32_t acc) {
@@ -81,17 +98,17 @@ INLINE void load4(const int32_t* p, int step, int32_t* v0, int32_t* v1, int32_t*
 /* finish() for channels c .. c + 3, their constants read array by array in address
  * order: three sequential runs of flash reads on the FE310 instead of up to twelve
  * isolated loads. */
-INLINE void finish4(const tflq_layer_t* l, int c, int32_t s0, int32_t s1, int32_t s2,
-                    int32_t s3, int8_t* out) {
+INLINE void finish4(const tflq_layer_t* l, out_range_t r, int c, int32_t s0, int32_t s1,
+                    int32_t s2, int32_t s3, int8_t* out) {
   int32_t b0, b1, b2, b3, m0, m1, m2, m3, e0, e1, e2, e3;
   const int step = l->requant_per_channel ? 1 : 0;
   load4(l->bias + c, 1, &b0, &b1, &b2, &b3);
   load4(l->multiplier + step * c, step, &m0, &m1, &m2, &m3);
   load4(l->shift + step * c, step, &e0, &e1, &e2, &e3);
-  out[c] = clamp_output(l, tflq_multiply_by_quantized_multiplier(s0 + b0, m0, e0));
-  out[c + 1] = clamp_output(l, tflq_multiply_by_quantized_multiplier(s1 + b1, m1, e1));
-  out[c + 2] = clamp_output(l, tflq_multiply_by_quantized_multiplier(s2 + b2, m2, e2));
-  out[c + 3] = clamp_output(l, tflq_multiply_by_quantized_multiplier(s3 + b3, m3, e3));
+  out[c] = clamp_to(r, tflq_multiply_by_quantized_multiplier(s0 + b0, m0, e0));
+  out[c + 1] = clamp_to(r, tflq_multiply_by_quantized_multiplier(s1 + b1, m1, e1));
+  out[c + 2] = clamp_to(r, tflq_multiply_by_quantized_multiplier(s2 + b2, m2, e2));
+  out[c + 3] = clamp_to(r, tflq_multiply_by_quantized_multiplier(s3 + b3, m3, e3));
 }
 
 static int block_inputs(const tflq_layer_t* l) {
@@ -197,6 +214,29 @@ static void unpack_values(const uint8_t* t, size_t e, int count, int s, int low,
   for (; i < count; ++i) dst[i] = (int8_t)(low + (int)get_code(t, e + i, s));
 }
 
+/* A patch's bytes: words where destination, source and count allow (a CONV_2D's
+ * patch and TFLM's tensors are 4-byte aligned, so runs of cin % 4 == 0 channels are),
+ * else bytes; inline, as picolibc's memcpy and memset take about 100 instructions for
+ * 16 bytes. */
+typedef uint32_t __attribute__((may_alias)) word_t;
+INLINE void copy_bytes(void* to, const void* from, size_t n) {
+  uint8_t* dst = (uint8_t*)to;
+  const uint8_t* src = (const uint8_t*)from;
+  if ((((uintptr_t)dst | (uintptr_t)src | n) & 3) == 0) {
+    for (size_t i = 0; i < n; i += 4) *(word_t*)(dst + i) = *(const word_t*)(src + i);
+  } else {
+    for (size_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+}
+INLINE void fill_bytes(int8_t* dst, int8_t value, int n) {
+  if ((((uintptr_t)dst | (uintptr_t)n) & 3) == 0) {
+    const uint32_t word = 0x01010101u * (uint8_t)value;
+    for (int i = 0; i < n; i += 4) *(word_t*)(dst + i) = word;
+  } else {
+    for (int i = 0; i < n; ++i) dst[i] = value;
+  }
+}
+
 /* The pool outputs [*first, *last] along one axis whose window holds input i. */
 INLINE void pool_span(int i, int kernel, int stride, int pad, int outs, int* first, int* last) {
   const int lo = i + pad - kernel + 1;
@@ -215,7 +255,7 @@ static void emit(const tflq_layer_t* l, int oy, int ox, const int8_t* v, int c0,
   if (l->pool_kh == 0) {
     const size_t e = ((size_t)oy * l->out_w + ox) * channels + c0;
     if (s == 0) {
-      memcpy(out + e, v, (size_t)count);
+      copy_bytes(out + e, v, (size_t)count);
     } else {
       for (int i = 0; i < count; ++i) {
         const size_t bit = (e + i) * (size_t)s;
@@ -247,7 +287,7 @@ static void emit(const tflq_layer_t* l, int oy, int ox, const int8_t* v, int c0,
   }
 }
 
-/* ---- int8 rows: four (then two, one) output channels per pass share the input loads ---- */
+/* ---- int8 rows: eight or four (then two, one) output channels per pass share the input loads ---- */
 
 INLINE int32_t dot1(const int8_t* x, const int8_t* w, int depth) {
   int32_t s = 0;
@@ -258,16 +298,54 @@ INLINE int32_t dot1(const int8_t* x, const int8_t* w, int depth) {
   return s;
 }
 
+/* a0 .. a7 += x * w[0 .. 7]: one input's MACs into an 8-channel group's accumulators,
+ * the weights read in address order (the accumulators are named, not an array: gcc
+ * reassociates array sums by channel and breaks that order). */
+#define TFLQ_MAC8(a0, a1, a2, a3, a4, a5, a6, a7, x, w)                  \
+  do {                                                                   \
+    const int32_t tflq_x_ = (x);                                         \
+    const int8_t* const tflq_w_ = (w);                                   \
+    (a0) += tflq_x_ * tflq_w_[0];                                        \
+    (a1) += tflq_x_ * tflq_w_[1];                                        \
+    (a2) += tflq_x_ * tflq_w_[2];                                        \
+    (a3) += tflq_x_ * tflq_w_[3];                                        \
+    (a4) += tflq_x_ * tflq_w_[4];                                        \
+    (a5) += tflq_x_ * tflq_w_[5];                                        \
+    (a6) += tflq_x_ * tflq_w_[6];                                        \
+    (a7) += tflq_x_ * tflq_w_[7];                                        \
+  } while (0)
+
 NO_PRESCHEDULE static void int8_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
   const int depth = l->depth;
+  const out_range_t range = out_range(l); /* read once: the int8 stores may alias l */
   const int8_t* w = (const int8_t*)l->weights;
   int c = 0;
-  /* A blob's 4-channel groups: one pointer, read in sequence. The unrolled body is
-   * written out input by input: gcc keeps that order with the scheduling passes off
-   * (NO_PRESCHEDULE); with a helper called per input, rv32 gcc -O2 regrouped the
-   * loads by channel (w[0], w[4], w[8], ...) and broke the sequential stream. */
+  /* A blob's channel groups (8, then one of 4): one pointer, read in sequence. The
+   * unrolled bodies are written out input by input: gcc keeps that order with the
+   * scheduling passes off (NO_PRESCHEDULE); with a helper called per input, rv32 gcc -O2
+   * regrouped the loads by channel (w[0], w[4], w[8], ...) and broke the sequential
+   * stream. Per 8 inputs of an 8-channel group: 8 input and 64 weight loads, 64 mul,
+   * 64 add and 3 for the loop, 3.17 instructions per MAC. */
   if (l->int8_groups) {
-    for (; c + 4 <= l->out_channels; c += 4) {
+    for (; c + 8 <= l->out_channels; c += 8) {
+      int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+      const int8_t* xp = x;
+      for (const int8_t* end = x + (depth & ~7); xp != end; xp += 8, w += 64) {
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[0], w);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[1], w + 8);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[2], w + 16);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[3], w + 24);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[4], w + 32);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[5], w + 40);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[6], w + 48);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[7], w + 56);
+      }
+      for (const int8_t* last = x + depth; xp != last; ++xp, w += 8)
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, *xp, w);
+      finish4(l, range, c, s0, s1, s2, s3, out);
+      finish4(l, range, c + 4, s4, s5, s6, s7, out);
+    }
+    if (c + 4 <= l->out_channels) {
       int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
       const int8_t* xp = x;
       const int8_t* end = x + (depth & ~3);
@@ -300,7 +378,8 @@ NO_PRESCHEDULE static void int8_vector(const tflq_layer_t* l, const int8_t* x, i
         s2 += v * w[2];
         s3 += v * w[3];
       }
-      finish4(l, c, s0, s1, s2, s3, out);
+      finish4(l, range, c, s0, s1, s2, s3, out);
+      c += 4;
     }
   }
   /* Rows, four output channels per pass: each input load serves four MACs. */
@@ -463,7 +542,9 @@ static int32_t weight_at(const tflq_layer_t* l, int c, int k) {
   if (l->format == TFLQ_FMT_INT8) { /* depthwise int8: TFLite's (kh * kw, C) layout */
     const int8_t* w = (const int8_t*)l->weights;
     if (l->op == TFLQ_OP_DEPTHWISE) return w[(size_t)k * l->out_channels + c];
-    if (l->int8_groups && c < (l->out_channels & ~3))
+    if (l->int8_groups && c < (l->out_channels & ~7)) /* an 8-channel group */
+      return w[(size_t)(c & ~7) * l->depth + 8 * (size_t)k + (c & 7)];
+    if (l->int8_groups && c < (l->out_channels & ~3)) /* the 4-channel one, at c & ~3 */
       return w[(size_t)(c & ~3) * l->depth + 4 * (size_t)k + (c & 3)];
     return w[(size_t)c * l->row_bytes + k];
   }
@@ -713,37 +794,63 @@ INLINE void conv_loop(const tflq_layer_t* l, const uint8_t* in, uint8_t* output,
   const int in_low = packed_low(l->in_packed);
   memset(patch, 0, (size_t)padded);
   int8_t* out = (int8_t*)output;
+  /* A kernel row's taps are one run of the input row (kw * cin bytes) where dilation_w
+   * is 1: the in-bounds ones are copied as one run, the rest set to the zero point. */
+  const int run = l->dilation_w == 1 && !packed_in;
+  /* A 1x1 kernel over int8 input reads its patch where it lies. */
+  const int in_place = l->kh == 1 && l->kw == 1 && !packed_in;
   for (int oy = 0; oy < l->out_h; ++oy) {
     for (int ox = 0; ox < l->out_w; ++ox) {
+      const int8_t* x = patch;
       int8_t* dst = patch;
-      for (int ky = 0; ky < l->kh; ++ky) {
-        const int iy = oy * l->stride_h - l->pad_top + ky * l->dilation_h;
-        for (int kx = 0; kx < l->kw; ++kx, dst += cin) {
-          const int ix = ox * l->stride_w - l->pad_left + kx * l->dilation_w;
-          if (iy >= 0 && iy < l->in_h && ix >= 0 && ix < l->in_w) {
-            const size_t e = ((size_t)iy * l->in_w + ix) * cin;
-            if (packed_in)
-              unpack_values(in, e, cin, s_in, in_low, dst);
-            else
-              memcpy(dst, in + e, (size_t)cin);
-          } else {
-            memset(dst, zero_point, (size_t)cin);
+      const int iy0 = oy * l->stride_h - l->pad_top, ix0 = ox * l->stride_w - l->pad_left;
+      if (in_place && iy0 >= 0 && iy0 < l->in_h && ix0 >= 0 && ix0 < l->in_w) {
+        x = (const int8_t*)in + ((size_t)iy0 * l->in_w + ix0) * cin;
+      } else {
+        for (int ky = 0; ky < l->kh; ++ky) {
+          const int iy = iy0 + ky * l->dilation_h;
+          const int rowin = iy >= 0 && iy < l->in_h;
+          if (run && rowin) {
+            int lo = ix0 < 0 ? -ix0 : 0, hi = l->in_w - ix0; /* taps lo .. hi - 1 */
+            if (hi > l->kw) hi = l->kw;
+            if (hi < 0) hi = 0;
+            if (lo > hi) lo = hi;
+            fill_bytes(dst, zero_point, lo * cin);
+            copy_bytes(dst + lo * cin, in + ((size_t)iy * l->in_w + ix0 + lo) * cin,
+                       (size_t)((hi - lo) * cin));
+            fill_bytes(dst + hi * cin, zero_point, (l->kw - hi) * cin);
+            dst += l->kw * cin;
+            continue;
+          }
+          for (int kx = 0; kx < l->kw; ++kx, dst += cin) {
+            const int ix = ix0 + kx * l->dilation_w;
+            if (rowin && ix >= 0 && ix < l->in_w) {
+              const size_t e = ((size_t)iy * l->in_w + ix) * cin;
+              if (packed_in)
+                unpack_values(in, e, cin, s_in, in_low, dst);
+              else
+                copy_bytes(dst, in + e, (size_t)cin);
+            } else {
+              fill_bytes(dst, zero_point, cin);
+            }
           }
         }
       }
       if (use_row) {
-        vector_layer(l, patch, row, rest);
+        vector_layer(l, x, row, rest);
         emit(whole, oy, ox, row, c0, l->out_channels, output);
       } else {
-        vector_layer(l, patch, out + c0, rest);
+        vector_layer(l, x, out + c0, rest);
         out += whole->out_channels;
       }
     }
   }
 }
 
-/* Output channels c0 .. c0 + l->out_channels of the layer `whole` (l: those channels). */
-static void conv_channels(const tflq_layer_t* l, const uint8_t* in, uint8_t* output,
+/* Output channels c0 .. c0 + l->out_channels of the layer `whole` (l: those channels).
+ * INLINE_COPIES keeps copy_bytes and fill_bytes loops, which gcc -O2 otherwise turns
+ * back into library calls. */
+INLINE_COPIES static void conv_channels(const tflq_layer_t* l, const uint8_t* in, uint8_t* output,
                           void* scratch, const tflq_layer_t* whole, int c0) {
   switch ((l->in_packed != 0) * 2 + uses_row_buffer(l)) {
     case 0: conv_loop(l, in, output, scratch, 0, 0, whole, c0); break;
@@ -754,12 +861,13 @@ static void conv_channels(const tflq_layer_t* l, const uint8_t* in, uint8_t* out
 }
 
 /* With stage_channels, one block of output channels at a time: its rows (contiguous in
- * the blob, int8 4-channel groups included, as blocks start at multiples of 4) and
+ * the blob, int8 channel groups included, as blocks start at multiples of 8) and
  * every per-channel constant it reads (bias, multiplier, shift, thresholds, codebooks)
  * are copied into the end of scratch, each read from the blob once, in sequence, and
  * the loop runs on a layer whose arrays point there (tflq_stage_bytes gives the
  * layout). */
-static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch) {
+INLINE_COPIES static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output,
+                                void* scratch) {
   if (!l->stage_channels) {
     conv_channels(l, in, output, scratch, l, 0);
     return;
@@ -770,22 +878,22 @@ static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void
     const int n = l->out_channels - c0 < l->stage_channels ? l->out_channels - c0
                                                             : l->stage_channels;
     const size_t rows = (size_t)n * (size_t)l->row_bytes;
-    memcpy(stage, l->weights + (size_t)c0 * (size_t)l->row_bytes, rows);
+    copy_bytes(stage, l->weights + (size_t)c0 * (size_t)l->row_bytes, rows);
     block.weights = stage;
     int32_t* word = (int32_t*)(stage + round4(rows));
-    memcpy(word, l->bias + c0, 4 * (size_t)n);
+    copy_bytes(word, l->bias + c0, 4 * (size_t)n);
     block.bias = word;
     word += n;
     if (l->requant_per_channel) {
-      memcpy(word, l->multiplier + c0, 4 * (size_t)n);
+      copy_bytes(word, l->multiplier + c0, 4 * (size_t)n);
       block.multiplier = word;
-      memcpy(word + n, l->shift + c0, 4 * (size_t)n);
+      copy_bytes(word + n, l->shift + c0, 4 * (size_t)n);
       block.shift = word + n;
       word += 2 * n;
     }
     if (l->thresholds) {
       const size_t per = (size_t)(l->out_levels - 1);
-      memcpy(word, l->thresholds + (size_t)c0 * per, 4 * (size_t)n * per);
+      copy_bytes(word, l->thresholds + (size_t)c0 * per, 4 * (size_t)n * per);
       block.thresholds = word;
       word += (size_t)n * per;
     }
@@ -793,12 +901,12 @@ static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void
     const size_t first = l->per_channel_codebook ? (size_t)c0 : 0;
     uint8_t* next = (uint8_t*)word;
     if (l->affine) {
-      memcpy(next, l->affine + 2 * first, 4 * books);
+      copy_bytes(next, l->affine + 2 * first, 4 * books);
       block.affine = (const int16_t*)next;
       next += 4 * books;
     }
     if (l->levels) {
-      memcpy(next, l->levels + (first << l->bits), books << l->bits);
+      copy_bytes(next, l->levels + (first << l->bits), books << l->bits);
       block.levels = (const int8_t*)next;
     }
     block.out_channels = n;

@@ -5,14 +5,14 @@
  * weights are read where they are stored (flash or RAM) and never expanded:
  *
  *   TFLQ_FMT_INT8    int8: in a blob (FC, CONV_2D), output channels in groups of
- *                    4, each group's 4 * depth bytes ordered by input (w[c][k],
- *                    w[c+1][k], w[c+2][k], w[c+3][k], then k + 1), so the 4-channel
- *                    loop reads the weights as one sequential stream, which the
- *                    FE310's flash serves without a new command per load; the last
- *                    out_channels % 4 channels as rows of `depth` bytes. Filled from
- *                    TFLite tensors (int8_groups 0): TFLite's layout, a row per
- *                    output channel (DEPTHWISE_CONV_2D, blob or not: (kh * kw,
- *                    out_channels)).
+ *                    8 while 8 remain, then one group of 4 if 4 remain, each group's
+ *                    g * depth bytes ordered by input (w[c][k], w[c+1][k], ..,
+ *                    w[c+g-1][k], then k + 1), so the group loop reads the weights as
+ *                    one sequential stream, which the FE310's flash serves without a
+ *                    new command per load; the last out_channels % 4 channels as rows
+ *                    of `depth` bytes. Filled from TFLite tensors (int8_groups 0):
+ *                    TFLite's layout, a row per output channel (DEPTHWISE_CONV_2D,
+ *                    blob or not: (kh * kw, out_channels)).
  *   TFLQ_FMT_PLANES  an affine codebook per channel, w = v0 + d * code, code of
  *                    `bits` (1..4) bits stored as bit-planes: per 8 inputs, `bits`
  *                    bytes; byte j holds bit j of the 8 codes (low nibble: inputs
@@ -76,7 +76,7 @@
  *      output codes (2..4): output = act_min + #{t : acc >= t} for acc = sum(a * w) +
  *      bias_eff, which equals requantize-and-clamp because requantization is monotone
  *      (converters/packed_format.py proves it on the acc range when it writes them)
- *      weights: C rows of row_bytes (INT8: depth, FC / CONV_2D in groups of 4 as above; BITSERIAL: 4 * bits * ceil(depth /
+ *      weights: C rows of row_bytes (INT8: depth, FC / CONV_2D in groups as above; BITSERIAL: 4 * bits * ceil(depth /
  *      32), so rows are word-aligned; else bits * ceil(depth / 8))
  */
 #ifndef TFLQ_KERNELS_H_
@@ -93,6 +93,9 @@ enum { TFLQ_OP_FC = 1, TFLQ_OP_CONV = 2, TFLQ_OP_DEPTHWISE = 3 };
 enum { TFLQ_FMT_INT8 = 0, TFLQ_FMT_PLANES = 1, TFLQ_FMT_LUT = 2, TFLQ_FMT_BITSERIAL = 3 };
 enum { TFLQ_HEADER_BYTES = 68 };
 enum { TFLQ_FLAG_IN_RAM = 0x20 };
+/* stage_channels is a multiple of this (or all channels): a block then starts at a
+ * multiple of 8, so it holds whole int8 channel groups. */
+enum { TFLQ_STAGE_UNIT = 8 };
 
 typedef struct {
   int op, format, bits, per_channel_codebook;
@@ -111,13 +114,13 @@ typedef struct {
   const int32_t* thresholds;  /* BITSERIAL: out_levels - 1 per channel, or NULL */
   const int8_t* levels;       /* LUT: 2^bits levels per channel or one set */
   const uint8_t* weights;     /* out_channels rows of row_bytes */
-  int int8_groups;            /* INT8 FC / CONV_2D from a blob: 4-channel groups (above) */
+  int int8_groups;            /* INT8 FC / CONV_2D from a blob: channel groups (above) */
   int in_packed, out_packed;  /* k of packed input / output codes (1..4); 0: int8 */
   int pool_kh, pool_kw, pool_stride_h, pool_stride_w, pool_pad_top, pool_pad_left;
   int pool_out_h, pool_out_w; /* fused max-pool (pool_kh 0: none) */
   int stage_channels;         /* CONV_2D: copy the rows and bias, multiplier and shift of
                                * this many output channels at a time into scratch (a
-                               * multiple of 4, or all), so each is read from the blob
+                               * multiple of TFLQ_STAGE_UNIT, or all), so each is read from the blob
                                * once per inference, not once per output position; 0:
                                * read in place. Not in the blob: TFLQ_PACKED's custom
                                * options (decode leaves it 0). */
