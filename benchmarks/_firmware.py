@@ -65,7 +65,7 @@ def measure(name: str, flatbuffer: bytes, workdir: Path, inputs=None, **generate
         inputs = np.random.default_rng(1).integers(-128, 128, (NUM_INPUTS, *shape), dtype=np.int8)
     project = micro_project.generate_project(flatbuffer, workdir / name, test_inputs=inputs,
                                              **generate)
-    run = firmware_run.run(project, timeout_s=900, flash=True)
+    run = firmware_run.run(project, timeout_s=900, flash=True, profile=True)
     if run.exit_code != 0:
         raise RuntimeError(f"{name}: firmware exited {run.exit_code}:\n{run.tail()}")
     # Bit-exact twice: the host build of the same model and kernels, and TFLM's
@@ -99,6 +99,9 @@ def measure(name: str, flatbuffer: bytes, workdir: Path, inputs=None, **generate
         "flash_read_bytes": run.flash.bytes, "flash_seq_bytes": run.flash.seq_bytes,
         "flash_nonseq_loads": run.flash.nonseq_loads,
         "est_cycles": run.flash.silicon_cycles(instructions),
+        # Where an inference's instructions go: the functions above 1%, per inference.
+        "profile": {f: n / run.flash.windows for f, n in run.profile.items()
+                    if n >= 0.01 * instructions * run.flash.windows},
     }
 
 

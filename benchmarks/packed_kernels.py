@@ -83,7 +83,7 @@ def layer_rows(workdir, part):
         variants = [("TFLM reference int8", flatbuffer, dict(kernels="reference", pack=False)),
                     ("tflq int8", flatbuffer, dict(kernels="tflq", pack=False))]
         if packed:  # the generator makes them int8 rows: a conv's copied into RAM, an
-            # FC's in 4-channel groups read in sequence
+            # FC's in channel groups read in sequence
             variants.append(("tflq int8, generator default", flatbuffer, {}))
         for label, levels in LAYER_CODEBOOKS.items() if packed else ():
             fbuf = packing.with_weight_levels(flatbuffer, levels)
@@ -127,7 +127,7 @@ def model_rows(workdir):
                 variants.append(("int8, tflq kernels", flatbuffer, accuracy,
                                  dict(kernels="tflq", pack=False)))
                 # int8 rows: the CNN's pools fused and convs copied into RAM, FCs in
-                # 4-channel groups read in sequence
+                # channel groups read in sequence
                 variants.append(("int8, tflq kernels, generator default", flatbuffer,
                                  accuracy, {}))
             else:
@@ -177,6 +177,11 @@ def _per_mac(rows, name, variant):
     return f"{_row(rows, name, variant)['per_mac']:.2f}"
 
 
+def _profile_cell(row) -> str:
+    return ", ".join(f"{name.split('(')[0]} {100 * n / row['instructions']:.0f}%"
+                     for name, n in row.get("profile", {}).items())
+
+
 # Issue 13's targets: (target, bound, measured cells from rows, met, cause of a miss).
 def targets(rows) -> list[str]:
     fc, conv, cnn = "FC 128->128", "CONV_2D 3x3 16->64 on 8x8", "cnn"
@@ -188,7 +193,8 @@ def targets(rows) -> list[str]:
     def pair(values):
         return " / ".join(f"{v:.2f}" for v in values)
 
-    int8, binary, ternary = both("tflq int8"), both("binary"), both("ternary")
+    int8, builtin = both("tflq int8, generator default"), both("tflq int8")
+    binary, ternary = both("binary"), both("ternary")
     low = [v for label in ("log3", "fixed4", "log4") for v in both(label)]
     dws = [float(_per_mac(rows, d, "tflq int8")) for d in dw]
     cnn_int8 = _row(rows, cnn, "int8, tflq kernels, generator default")
@@ -206,9 +212,12 @@ def targets(rows) -> list[str]:
                            smallest["weight_bytes"] / base_bytes))
     beaten = [n for n, t, b in ratios if t <= b]
     table = [
-        ("int8 FC / CONV, instructions / MAC", "<= 3.5", pair(int8), max(int8) <= 3.5,
-         "4-channel loop: per 16 MACs 4 input + 16 weight byte loads, 16 mul, 16 add and the "
-         "loop (3.4 per MAC) before requantization; rows need no alignment, so no word loads"),
+        ("int8 FC / CONV, instructions / MAC (the generator's int8 rows; tflq's kernel on "
+         "TFLite's tensors: " + pair(builtin) + ")", "<= 3.5", pair(int8), max(int8) <= 3.5,
+         "8-channel loop: per 64 MACs 8 input + 64 weight byte loads, 64 mul, 64 add and 3 "
+         "for the loop (3.17 per MAC), then about 36 instructions per output channel "
+         "(requantization, clamp, constants); CONV_2D adds its patch gathering and the "
+         "staged blocks (profile above)"),
         ("int8 DEPTHWISE 3x3 (>= 32 channels)", "<= 5", pair(dws), max(dws) <= 5,
          "its loop takes 52 instructions per output (9 MACs): 3 loads, 18 mul / add, "
          "requantization, 6 reloads of spilled values; 8-wide rows add each row's set-up"),
@@ -224,7 +233,10 @@ def targets(rows) -> list[str]:
          " against "
          f"{_per_mac(rows, 'DS-CNN 49x10, 32 channels', 'log3 (3-bit codebook), low-bit')})"),
         ("whole demo CNN, tflq int8", "<= 5.0", f"{cnn_int8['per_mac']:.2f}",
-         cnn_int8["per_mac"] <= 5, "not broken down per layer yet"),
+         cnn_int8["per_mac"] <= 5,
+         "its first conv has 9 MACs per output value (1 input channel, 3x3), so each "
+         "output's requantization, fused max-pool and patch cost as much as its MACs "
+         "(profile above: " + _profile_cell(cnn_int8) + ")"),
         ("whole demo CNN, packed, below its int8 twin", "below " + f"{cnn_int8['per_mac']:.2f}",
          ", ".join(f"{s} {r['per_mac']:.2f}" for s, r in twins.items()),
          all(r["per_mac"] < cnn_int8["per_mac"] for r in twins.values()),
@@ -247,6 +259,41 @@ def targets(rows) -> list[str]:
              "| target | bound | measured | met | cause of a miss |", "|---|---|---|---|---|"]
     lines += [f"| {t} | {b} | {m} | {'yes' if ok else 'no'} | {'' if ok else c} |"
               for t, b, m, ok, c in table]
+    return lines
+
+
+# Rows whose instructions the markdown breaks down by function (layer, variant prefix).
+PROFILED = (("CONV_2D 3x3 16->64 on 8x8", "tflq int8, generator default"),
+            ("DEPTHWISE 3x3 x32 on 8x8", "tflq int8"),
+            ("DS-CNN 49x10, 32 channels", "tflq int8, generator default"),
+            ("cnn", "int8, tflq kernels, generator default"),
+            ("cnn", "binary, packed, generator default"))
+# What tflq's kernel functions (micro/kernels/layer_eval.c) do.
+FUNCTIONS = {
+    "int8_vector": "int8 rows: dot products, requantization",
+    "table_vector": "bit-plane / codebook tables and lookups",
+    "conv_channels": "CONV_2D patch gathering",
+    "emit": "fused max-pool",
+    "dw3x3_row": "DEPTHWISE 3x3 rows",
+    "tflq_layer_eval": "layer set-up, DEPTHWISE 3x3 loop",
+}
+
+
+def profile_lines(rows) -> list[str]:
+    """Where the instructions of the PROFILED rows go, per function (the QEMU plugin's
+    profile, per inference; functions under 1% left out)."""
+    lines = ["", "## Where the instructions go", "",
+             "Per inference, by function (the flash-read plugin's `profile=`, the same run as "
+             "the row's; functions under 1% of the row left out).", "",
+             "| row | function | instructions | share |", "|---|---|---|---|"]
+    for layer, variant in PROFILED:
+        r = _row(rows, layer, variant)
+        if not r.get("profile"):
+            continue
+        for name, n in r["profile"].items():
+            what = FUNCTIONS.get(name.split("(")[0], "")
+            lines.append(f"| {layer}, {r['variant']} | `{name}`{' (' + what + ')' if what else ''}"
+                         f" | {n:,.0f} | {100 * n / r['instructions']:.1f}% |")
     return lines
 
 
@@ -307,6 +354,7 @@ def render(layer_table, dscnn_table, model_table):
             if "packed" in r["variant"] or "generator default" in r["variant"]:
                 lines += [f"- {r['arch']} {r['variant']}: " + "; ".join(r["packing"])]
     if layer_table and model_table and dscnn_table:
+        lines += profile_lines(layer_table + dscnn_table + model_table)
         lines += targets(layer_table + dscnn_table + model_table)
     return "\n".join(lines) + "\n"
 
