@@ -49,6 +49,19 @@ PATCH_PER_INPUT = 2.7
 # tflq's builtin int8 DEPTHWISE_CONV_2D 3x3 on 8x8, 32 and 64 channels: 9.44, 9.41
 # (docs/benchmarks/packed_kernels.md).
 INT8_DEPTHWISE_PER_MAC = 9.43
+# int8 rows of a CONV_2D with at least 8 output channels, two output positions per pass
+# (layer_eval.c: int8_vector2): CONV_2D 3x3 16 -> 64 on 8x8, generator default, 3.18
+# (docs/benchmarks/packed_kernels.md). Other int8 rows: FC 128 -> 128's figure
+# (packed_format._PER_MAC).
+INT8_CONV_PER_MAC = 3.18
+
+
+def int8_per_mac(op: str, out_channels: int) -> float:
+    """Instructions per MAC of tflq's int8 kernel for a layer (``op``: its TFLite
+    operator name): int8 rows, or the builtin DEPTHWISE_CONV_2D."""
+    if op == "DEPTHWISE_CONV_2D":
+        return INT8_DEPTHWISE_PER_MAC
+    return INT8_CONV_PER_MAC if op == "CONV_2D" and out_channels >= 8 else estimated_per_mac(None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +86,7 @@ def per_mac(p) -> float:
     """Instructions per MAC of ``p``'s kernel (a ``packing.PackedOp``), its tables
     shared by as many channels as it has, or as its staged blocks hold."""
     if not p.encoding:
-        return INT8_DEPTHWISE_PER_MAC if p.op == "DEPTHWISE_CONV_2D" else estimated_per_mac(None)
+        return int8_per_mac(p.op, p.out_channels)
     if not p.tables:
         return p.per_mac
     sharing = min(p.stage_channels or p.out_channels, p.out_channels)

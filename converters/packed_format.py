@@ -538,13 +538,16 @@ def stage_bytes(layer: Layer, enc: Encoding | None, channels: int) -> int:
 def scratch_bytes(layer: Layer, enc: Encoding | None) -> int:
     """RAM tflq_scratch_bytes (micro/kernels) requests for ``layer``: a row of output
     channels when they are packed or pooled, CONV_2D's patch (or a packed FC input,
-    unpacked), the shared tables of one input block, and accumulators when there is
-    more than one block. Must equal the C function (tests/test_kernels.py checks)."""
+    unpacked; both once per output position of a pass), the shared tables of one input
+    block, and accumulators when there is more than one block. Must equal the C
+    function (tests/test_kernels.py checks)."""
     padded = -(-layer.depth // 8) * 8
-    total = -(-layer.out_channels // 4) * 4 if layer.op != OP_DEPTHWISE and (
+    # positions_per_pass: int8 rows in 8-channel groups compute two positions at a time
+    passes = 2 if layer.op == OP_CONV and enc is None and layer.out_channels >= 8 else 1
+    total = passes * -(-layer.out_channels // 4) * 4 if layer.op != OP_DEPTHWISE and (
         layer.out_packed or layer.pool) else 0
     if layer.op == OP_CONV or (layer.op == OP_FC and layer.in_packed):
-        total += padded
+        total += passes * padded
     if enc is not None and enc.format == FMT_BITSERIAL:  # the input's bit-planes
         return total + 4 * enc.in_bits * -(-layer.depth // 32)
     shared = layer.op != OP_DEPTHWISE and enc is not None and (

@@ -353,10 +353,14 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
             enc.describe() if enc else "int8 rows" + (
                 " (its activations are packed)" if layer.in_packed or layer.out_packed
                 else " (a max-pool is fused)" if index in plan.forced
-                else int8_rows_label(slower[index]) if index in slower
+                else int8_rows_label(slower[index], OP_NAMES[layer.op], layer.out_channels)
+                if index in slower
                 else INT8_ROWS_STAGED[len("int8 rows"):] if index in convs
                 else INT8_ROWS_SEQUENTIAL[len("int8 rows"):]), "",
-            int8_bytes[index], len(blob), estimated_per_mac(enc), pool_names.get(index, ""),
+            int8_bytes[index], len(blob),
+            estimated_per_mac(enc) if enc else layer_cost.int8_per_mac(OP_NAMES[layer.op],
+                                                                      layer.out_channels),
+            pool_names.get(index, ""),
             layer.in_packed, layer.out_packed, (out.int8_bytes, out.packed_bytes) if out else (),
             **_shape(layer), tables=shares_tables(layer, enc),
             instead_of=slower[index].describe() if index in slower else ""))
@@ -364,10 +368,11 @@ def pack_model(flatbuffer: bytes, int8_pools: bool = False,
     return fb.dump(model), report
 
 
-def int8_rows_label(slower: Encoding) -> str:
-    """The encoding (after "int8 rows") of a layer packed as int8 rows because they are
-    faster than its low-bit weights' kernel."""
-    return (f" (faster than its {slower.describe()}: ~{estimated_per_mac(None):.2f} vs "
+def int8_rows_label(slower: Encoding, op: str, out_channels: int) -> str:
+    """The encoding (after "int8 rows") of a layer (TFLite operator ``op``) packed as
+    int8 rows because they are faster than its low-bit weights' kernel."""
+    return (f" (faster than its {slower.describe()}: "
+            f"~{layer_cost.int8_per_mac(op, out_channels):.2f} vs "
             f"~{estimated_per_mac(slower):.2f} instructions/MAC)")
 
 
@@ -376,11 +381,11 @@ def slower_than_int8_rows(packed_ops) -> list[int]:
     per MAC than int8 rows would (``layer_cost.per_mac``: codebooks, bit-planes of 2 bits
     and more, and tables shared by few channels), those doing the most MACs first:
     ``pack_model``'s int8_rows candidates."""
-    int8 = estimated_per_mac(None)
+    def saved(p):  # instructions per inference int8 rows would save
+        return p.macs * (layer_cost.per_mac(p) - layer_cost.int8_per_mac(p.op, p.out_channels))
     slower = [p for p in packed_ops if p.encoding and not p.encoding.startswith("int8 rows")
-              and p.op != "DEPTHWISE_CONV_2D" and layer_cost.per_mac(p) > int8]
-    return [p.index for p in sorted(
-        slower, key=lambda p: (-p.macs * (layer_cost.per_mac(p) - int8), p.index))]
+              and p.op != "DEPTHWISE_CONV_2D" and saved(p) > 0]
+    return [p.index for p in sorted(slower, key=lambda p: (-saved(p), p.index))]
 
 
 def shares_tables(layer: Layer, enc: Encoding | None) -> int:

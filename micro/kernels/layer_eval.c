@@ -131,12 +131,20 @@ static int uses_row_buffer(const tflq_layer_t* l) {
   return l->op != TFLQ_OP_DEPTHWISE && (l->out_packed || l->pool_kh);
 }
 
-/* Scratch, in order: the output row buffer, FC's unpacked input, CONV_2D's patch,
- * then the kernel's tables (each part a multiple of 4 bytes). */
+/* Output positions a CONV_2D computes per pass: 2 for int8 rows in 8-channel groups
+ * (int8_vector2), else 1. */
+static int positions_per_pass(const tflq_layer_t* l) {
+  return l->op == TFLQ_OP_CONV && l->int8_groups && l->out_channels >= 8 ? 2 : 1;
+}
+
+/* Scratch, in order: the output row buffers, FC's unpacked input, CONV_2D's patches
+ * (one per position of a pass), then the kernel's tables (each part a multiple of 4
+ * bytes). */
 static size_t staging_bytes(const tflq_layer_t* l) {
-  size_t bytes = uses_row_buffer(l) ? (size_t)((l->out_channels + 3) & ~3) : 0;
+  const size_t pass = (size_t)positions_per_pass(l);
+  size_t bytes = uses_row_buffer(l) ? pass * (size_t)((l->out_channels + 3) & ~3) : 0;
   if (l->op == TFLQ_OP_CONV || (l->op == TFLQ_OP_FC && l->in_packed))
-    bytes += (size_t)((l->depth + 7) & ~7); /* patch, or the unpacked input vector */
+    bytes += pass * (size_t)((l->depth + 7) & ~7); /* patches, or the unpacked input */
   return bytes;
 }
 
@@ -315,36 +323,13 @@ INLINE int32_t dot1(const int8_t* x, const int8_t* w, int depth) {
     (a7) += tflq_x_ * tflq_w_[7];                                        \
   } while (0)
 
-NO_PRESCHEDULE static void int8_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
+/* Output channels c .. of int8_vector, whose weights start at w: a blob's last group of
+ * 4, then rows (four, two, one channels per pass). */
+NO_PRESCHEDULE static void int8_rest(const tflq_layer_t* l, const int8_t* x, int8_t* out, int c,
+                                     const int8_t* w) {
   const int depth = l->depth;
-  const out_range_t range = out_range(l); /* read once: the int8 stores may alias l */
-  const int8_t* w = (const int8_t*)l->weights;
-  int c = 0;
-  /* A blob's channel groups (8, then one of 4): one pointer, read in sequence. The
-   * unrolled bodies are written out input by input: gcc keeps that order with the
-   * scheduling passes off (NO_PRESCHEDULE); with a helper called per input, rv32 gcc -O2
-   * regrouped the loads by channel (w[0], w[4], w[8], ...) and broke the sequential
-   * stream. Per 8 inputs of an 8-channel group: 8 input and 64 weight loads, 64 mul,
-   * 64 add and 3 for the loop, 3.17 instructions per MAC. */
+  const out_range_t range = out_range(l);
   if (l->int8_groups) {
-    for (; c + 8 <= l->out_channels; c += 8) {
-      int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-      const int8_t* xp = x;
-      for (const int8_t* end = x + (depth & ~7); xp != end; xp += 8, w += 64) {
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[0], w);
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[1], w + 8);
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[2], w + 16);
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[3], w + 24);
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[4], w + 32);
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[5], w + 40);
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[6], w + 48);
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[7], w + 56);
-      }
-      for (const int8_t* last = x + depth; xp != last; ++xp, w += 8)
-        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, *xp, w);
-      finish4(l, range, c, s0, s1, s2, s3, out);
-      finish4(l, range, c + 4, s4, s5, s6, s7, out);
-    }
     if (c + 4 <= l->out_channels) {
       int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
       const int8_t* xp = x;
@@ -429,6 +414,118 @@ NO_PRESCHEDULE static void int8_vector(const tflq_layer_t* l, const int8_t* x, i
     out[c + 1] = finish(l, c + 1, s1);
   }
   if (c < l->out_channels) out[c] = finish(l, c, dot1(x, w, depth));
+}
+
+NO_PRESCHEDULE static void int8_vector(const tflq_layer_t* l, const int8_t* x, int8_t* out) {
+  const int depth = l->depth;
+  const out_range_t range = out_range(l); /* read once: the int8 stores may alias l */
+  const int8_t* w = (const int8_t*)l->weights;
+  int c = 0;
+  /* A blob's channel groups (8, then one of 4): one pointer, read in sequence. The
+   * unrolled bodies are written out input by input: gcc keeps that order with the
+   * scheduling passes off (NO_PRESCHEDULE); with a helper called per input, rv32 gcc -O2
+   * regrouped the loads by channel (w[0], w[4], w[8], ...) and broke the sequential
+   * stream. Per 8 inputs of an 8-channel group: 8 input and 64 weight loads, 64 mul,
+   * 64 add and 3 for the loop, 3.17 instructions per MAC. */
+  if (l->int8_groups) {
+    for (; c + 8 <= l->out_channels; c += 8) {
+      int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+      const int8_t* xp = x;
+      for (const int8_t* end = x + (depth & ~7); xp != end; xp += 8, w += 64) {
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[0], w);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[1], w + 8);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[2], w + 16);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[3], w + 24);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[4], w + 32);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[5], w + 40);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[6], w + 48);
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, xp[7], w + 56);
+      }
+      for (const int8_t* last = x + depth; xp != last; ++xp, w += 8)
+        TFLQ_MAC8(s0, s1, s2, s3, s4, s5, s6, s7, *xp, w);
+      finish4(l, range, c, s0, s1, s2, s3, out);
+      finish4(l, range, c + 4, s4, s5, s6, s7, out);
+    }
+  }
+  int8_rest(l, x, out, c, w);
+}
+
+/* a0 .. a7 += xa * w[0 .. 7] and b0 .. b7 += xb * w[0 .. 7]: one input of two output
+ * positions into an 8-channel group's accumulators, each weight loaded once for both
+ * (in address order, as TFLQ_MAC8). */
+#define TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, xa, xb, w) \
+  do {                                                                   \
+    const int32_t tflq_a_ = (xa), tflq_b_ = (xb);                        \
+    const int8_t* const tflq_w_ = (w);                                   \
+    int32_t tflq_v_ = tflq_w_[0];                                        \
+    (a0) += tflq_a_ * tflq_v_;                                           \
+    (b0) += tflq_b_ * tflq_v_;                                           \
+    tflq_v_ = tflq_w_[1];                                                \
+    (a1) += tflq_a_ * tflq_v_;                                           \
+    (b1) += tflq_b_ * tflq_v_;                                           \
+    tflq_v_ = tflq_w_[2];                                                \
+    (a2) += tflq_a_ * tflq_v_;                                           \
+    (b2) += tflq_b_ * tflq_v_;                                           \
+    tflq_v_ = tflq_w_[3];                                                \
+    (a3) += tflq_a_ * tflq_v_;                                           \
+    (b3) += tflq_b_ * tflq_v_;                                           \
+    tflq_v_ = tflq_w_[4];                                                \
+    (a4) += tflq_a_ * tflq_v_;                                           \
+    (b4) += tflq_b_ * tflq_v_;                                           \
+    tflq_v_ = tflq_w_[5];                                                \
+    (a5) += tflq_a_ * tflq_v_;                                           \
+    (b5) += tflq_b_ * tflq_v_;                                           \
+    tflq_v_ = tflq_w_[6];                                                \
+    (a6) += tflq_a_ * tflq_v_;                                           \
+    (b6) += tflq_b_ * tflq_v_;                                           \
+    tflq_v_ = tflq_w_[7];                                                \
+    (a7) += tflq_a_ * tflq_v_;                                           \
+    (b7) += tflq_b_ * tflq_v_;                                           \
+  } while (0)
+
+/* int8_vector for two output positions of a CONV_2D (patches xa, xb; outputs outa,
+ * outb): the 8-channel groups read once for both, so each weight load serves two MACs
+ * (per 8 inputs of a group: 16 input and 64 weight loads, 128 mul, 128 add, 4 for the
+ * loop and a few spills, 2.70 instructions per MAC), then the rest per position. */
+NO_PRESCHEDULE static void int8_vector2(const tflq_layer_t* l, const int8_t* xa,
+                                        const int8_t* xb, int8_t* outa, int8_t* outb) {
+  const int depth = l->depth;
+  const out_range_t range = out_range(l);
+  const int8_t* w = (const int8_t*)l->weights;
+  int c = 0;
+  for (; c + 8 <= l->out_channels; c += 8) {
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+    int32_t b0 = 0, b1 = 0, b2 = 0, b3 = 0, b4 = 0, b5 = 0, b6 = 0, b7 = 0;
+    const int8_t* pa = xa;
+    const int8_t* pb = xb;
+    for (const int8_t* end = xa + (depth & ~7); pa != end; pa += 8, pb += 8, w += 64) {
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, pa[0], pb[0], w);
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, pa[1], pb[1], w + 8);
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, pa[2], pb[2], w + 16);
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, pa[3], pb[3], w + 24);
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, pa[4], pb[4], w + 32);
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, pa[5], pb[5], w + 40);
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, pa[6], pb[6], w + 48);
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, pa[7], pb[7], w + 56);
+    }
+    for (const int8_t* last = xa + depth; pa != last; ++pa, ++pb, w += 8)
+      TFLQ_MAC8X2(a0, a1, a2, a3, a4, a5, a6, a7,
+                  b0, b1, b2, b3, b4, b5, b6, b7, *pa, *pb, w);
+    finish4(l, range, c, a0, a1, a2, a3, outa);
+    finish4(l, range, c + 4, a4, a5, a6, a7, outa);
+    finish4(l, range, c, b0, b1, b2, b3, outb);
+    finish4(l, range, c + 4, b4, b5, b6, b7, outb);
+  }
+  int8_rest(l, xa, outa, c, w);
+  int8_rest(l, xb, outb, c, w);
 }
 
 /* ---- bit planes: 16-entry subset-sum tables of 4 inputs ---- */
@@ -781,69 +878,93 @@ static void vector_layer(const tflq_layer_t* l, const int8_t* x, int8_t* out, vo
   }
 }
 
-/* One loop per (packed input, row buffer) pair: int8 layers keep their loop as it was. */
+/* The patch of output position (oy, ox): gathered into `patch` (padding taps read the
+ * input zero point), or, for a 1x1 kernel over int8 input inside the input, where it
+ * lies in the input. A kernel row's taps are one run of the input row (kw * cin bytes)
+ * where dilation_w is 1: its in-bounds taps are copied as one run. */
+INLINE const int8_t* gather(const tflq_layer_t* l, const uint8_t* in, int oy, int ox,
+                            int8_t* patch, const int packed_in) {
+  const int8_t zero_point = (int8_t)(-l->input_offset);
+  const int cin = l->in_c;
+  const int iy0 = oy * l->stride_h - l->pad_top, ix0 = ox * l->stride_w - l->pad_left;
+  if (l->kh == 1 && l->kw == 1 && !packed_in && iy0 >= 0 && iy0 < l->in_h && ix0 >= 0 &&
+      ix0 < l->in_w)
+    return (const int8_t*)in + ((size_t)iy0 * l->in_w + ix0) * cin;
+  int8_t* dst = patch;
+  for (int ky = 0; ky < l->kh; ++ky) {
+    const int iy = iy0 + ky * l->dilation_h;
+    const int rowin = iy >= 0 && iy < l->in_h;
+    if (l->dilation_w == 1 && !packed_in && rowin) {
+      int lo = ix0 < 0 ? -ix0 : 0, hi = l->in_w - ix0; /* taps lo .. hi - 1 */
+      if (hi > l->kw) hi = l->kw;
+      if (hi < 0) hi = 0;
+      if (lo > hi) lo = hi;
+      fill_bytes(dst, zero_point, lo * cin);
+      copy_bytes(dst + lo * cin, in + ((size_t)iy * l->in_w + ix0 + lo) * cin,
+                 (size_t)((hi - lo) * cin));
+      fill_bytes(dst + hi * cin, zero_point, (l->kw - hi) * cin);
+      dst += l->kw * cin;
+      continue;
+    }
+    for (int kx = 0; kx < l->kw; ++kx, dst += cin) {
+      const int ix = ix0 + kx * l->dilation_w;
+      if (rowin && ix >= 0 && ix < l->in_w) {
+        const size_t e = ((size_t)iy * l->in_w + ix) * cin;
+        if (packed_in)
+          unpack_values(in, e, cin, store_bits(l->in_packed), packed_low(l->in_packed), dst);
+        else
+          copy_bytes(dst, in + e, (size_t)cin);
+      } else {
+        fill_bytes(dst, zero_point, cin);
+      }
+    }
+  }
+  return patch;
+}
+
+/* One loop per (packed input, row buffer) pair. Where positions_per_pass is 2, output
+ * positions go in raster-order pairs through int8_vector2, each with its own patch and
+ * row buffer. */
 INLINE void conv_loop(const tflq_layer_t* l, const uint8_t* in, uint8_t* output, void* scratch,
                       const int packed_in, const int use_row, const tflq_layer_t* whole,
                       int c0) {
-  const int padded = (l->depth + 7) & ~7;
+  const int padded = (l->depth + 7) & ~7, pass = positions_per_pass(l);
+  const int row_bytes = (l->out_channels + 3) & ~3;
   int8_t* row = use_row ? (int8_t*)scratch : NULL;
-  int8_t* patch = (int8_t*)scratch + (row ? (l->out_channels + 3) & ~3 : 0);
-  void* rest = (uint8_t*)patch + padded;
-  const int8_t zero_point = (int8_t)(-l->input_offset);
-  const int cin = l->in_c, s_in = store_bits(l->in_packed);
-  const int in_low = packed_low(l->in_packed);
-  memset(patch, 0, (size_t)padded);
+  int8_t* patch = (int8_t*)scratch + (row ? pass * row_bytes : 0);
+  void* rest = (uint8_t*)patch + pass * padded;
+  memset(patch, 0, (size_t)(pass * padded));
   int8_t* out = (int8_t*)output;
-  /* A kernel row's taps are one run of the input row (kw * cin bytes) where dilation_w
-   * is 1: the in-bounds ones are copied as one run, the rest set to the zero point. */
-  const int run = l->dilation_w == 1 && !packed_in;
-  /* A 1x1 kernel over int8 input reads its patch where it lies. */
-  const int in_place = l->kh == 1 && l->kw == 1 && !packed_in;
-  for (int oy = 0; oy < l->out_h; ++oy) {
-    for (int ox = 0; ox < l->out_w; ++ox) {
-      const int8_t* x = patch;
-      int8_t* dst = patch;
-      const int iy0 = oy * l->stride_h - l->pad_top, ix0 = ox * l->stride_w - l->pad_left;
-      if (in_place && iy0 >= 0 && iy0 < l->in_h && ix0 >= 0 && ix0 < l->in_w) {
-        x = (const int8_t*)in + ((size_t)iy0 * l->in_w + ix0) * cin;
-      } else {
-        for (int ky = 0; ky < l->kh; ++ky) {
-          const int iy = iy0 + ky * l->dilation_h;
-          const int rowin = iy >= 0 && iy < l->in_h;
-          if (run && rowin) {
-            int lo = ix0 < 0 ? -ix0 : 0, hi = l->in_w - ix0; /* taps lo .. hi - 1 */
-            if (hi > l->kw) hi = l->kw;
-            if (hi < 0) hi = 0;
-            if (lo > hi) lo = hi;
-            fill_bytes(dst, zero_point, lo * cin);
-            copy_bytes(dst + lo * cin, in + ((size_t)iy * l->in_w + ix0 + lo) * cin,
-                       (size_t)((hi - lo) * cin));
-            fill_bytes(dst + hi * cin, zero_point, (l->kw - hi) * cin);
-            dst += l->kw * cin;
-            continue;
-          }
-          for (int kx = 0; kx < l->kw; ++kx, dst += cin) {
-            const int ix = ix0 + kx * l->dilation_w;
-            if (rowin && ix >= 0 && ix < l->in_w) {
-              const size_t e = ((size_t)iy * l->in_w + ix) * cin;
-              if (packed_in)
-                unpack_values(in, e, cin, s_in, in_low, dst);
-              else
-                copy_bytes(dst, in + e, (size_t)cin);
-            } else {
-              fill_bytes(dst, zero_point, cin);
-            }
-          }
-        }
-      }
+  const int positions = l->out_h * l->out_w;
+  int oy = 0, ox = 0;
+  for (int p = 0; p < positions;) {
+    const int8_t* x = gather(l, in, oy, ox, patch, packed_in);
+    int oy2 = oy, ox2 = ox + 1;
+    if (ox2 == l->out_w) ox2 = 0, ++oy2;
+    if (pass == 2 && p + 1 < positions) {
+      const int8_t* x2 = gather(l, in, oy2, ox2, patch + padded, packed_in);
       if (use_row) {
-        vector_layer(l, x, row, rest);
+        int8_vector2(l, x, x2, row, row + row_bytes);
         emit(whole, oy, ox, row, c0, l->out_channels, output);
+        emit(whole, oy2, ox2, row + row_bytes, c0, l->out_channels, output);
       } else {
-        vector_layer(l, x, out + c0, rest);
-        out += whole->out_channels;
+        int8_vector2(l, x, x2, out + c0, out + whole->out_channels + c0);
+        out += 2 * whole->out_channels;
       }
+      p += 2;
+      oy = oy2, ox = ox2 + 1;
+      if (ox == l->out_w) ox = 0, ++oy;
+      continue;
     }
+    if (use_row) {
+      vector_layer(l, x, row, rest);
+      emit(whole, oy, ox, row, c0, l->out_channels, output);
+    } else {
+      vector_layer(l, x, out + c0, rest);
+      out += whole->out_channels;
+    }
+    p += 1;
+    oy = oy2, ox = ox2;
   }
 }
 
