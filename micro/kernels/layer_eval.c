@@ -1035,11 +1035,11 @@ INLINE_COPIES static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t
   }
 }
 
-/* The requantized, clamped int8 of one depthwise output (the layer's constants passed
- * as values: an int8 store may alias the layer, so fields would be re-read). */
-INLINE int8_t dw3x3_finish(int32_t acc, int32_t multiplier, int32_t shift, int32_t offset,
-                           int32_t lo, int32_t hi) {
-  int32_t v = tflq_multiply_by_quantized_multiplier(acc, multiplier, shift) + offset;
+/* The requantized, clamped int8 of one depthwise output, from its accumulator times
+ * 2^left (the loop's weights and bias carry the left shift). */
+INLINE int8_t dw3x3_finish(int32_t shifted_acc, tflq_requant_t rq, int32_t offset, int32_t lo,
+                           int32_t hi) {
+  int32_t v = tflq_requant_shifted(shifted_acc, rq) + offset;
   if (v < lo) v = lo;
   if (v > hi) v = hi;
   return (int8_t)v;
@@ -1047,7 +1047,7 @@ INLINE int8_t dw3x3_finish(int32_t acc, int32_t multiplier, int32_t shift, int32
 
 /* A line a 3x3 depthwise sweep walks, of one channel: an output row, or a column where
  * the columns are longer (and input and output as wide: one step for both), and the
- * layer's output constants. */
+ * layer's output constants. Passed by value: an int8 store may alias the layer. */
 typedef struct {
   ptrdiff_t step; /* bytes between positions along the line, in the input and the output */
   int count;      /* outputs along the line */
@@ -1059,101 +1059,122 @@ typedef struct {
 /* One output line of one channel of the 3x3 depthwise loop. The line's input
  * positions, padded with pad_before zero-point positions in front and the rest behind
  * (count + 2 in all), arrive one at a time; position j holds (a, b, d) from the three
- * neighbouring input lines at p, p + o1, p + o2 and adds its first, middle and last
- * sums (weights w: w[3 * line + tap along it]) to outputs j, j - 1 and j - 2, the last
+ * neighbouring input lines r0, r1, r2 and adds its first, middle and last sums
+ * (weights wRT: input line R, tap T along it) to outputs j, j - 1 and j - 2, the last
  * of which is then complete. So each output loads 3 inputs and keeps 2 partial sums. A
- * zero-point position adds the constants zp * (its weights' sum); `acc` holds the bias
- * and the lines outside the input (zero weights). */
-__attribute__((noinline)) static void dw3x3_row(const dw_line_t* line, const int8_t* p,
-                                                ptrdiff_t o1, ptrdiff_t o2, const int32_t* w,
-                                                int32_t acc, int32_t multiplier,
-                                                int32_t shift, int8_t* o) {
-  const ptrdiff_t step = line->step;
-  const int pad_before = line->pad_before;
-  const int32_t zp = line->zp, offset = line->offset, lo = line->lo, hi = line->hi;
-  const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6],
-                w7 = w[7], w8 = w[8];
-  const int32_t zl = zp * (w0 + w3 + w6), zm = zp * (w1 + w4 + w7), zr = zp * (w2 + w5 + w8);
-  const int positions = line->count + 2, real_end = pad_before + line->in_len;
+ * zero-point position adds the constants zp * (its weights' sum). `acc` holds the bias
+ * and the lines outside the input, whose weights are 0 (so that, inlined with constant
+ * zeros, their loads and products drop out). Weights and acc are times 2^left. */
+INLINE void dw3x3_line(const dw_line_t line, const int8_t* r0, const int8_t* r1,
+                       const int8_t* r2, int8_t* o, int32_t acc, tflq_requant_t rq,
+                       int32_t w00, int32_t w01, int32_t w02, int32_t w10, int32_t w11,
+                       int32_t w12, int32_t w20, int32_t w21, int32_t w22) {
+  const ptrdiff_t step = line.step;
+  const int32_t zl = line.zp * (w00 + w10 + w20), zm = line.zp * (w01 + w11 + w21),
+                zr = line.zp * (w02 + w12 + w22);
+  const int positions = line.count + 2, real_end = line.pad_before + line.in_len;
   int32_t s0 = 0, s1 = 0; /* partial sums of outputs j and j - 1 */
   int j = 0;
   for (; j < 2; ++j) { /* the first two positions complete no output */
     int32_t left = zl, middle = zm;
-    if (j >= pad_before && j < real_end) {
-      const int32_t a = p[0], b = p[o1], d = p[o2];
-      p += step;
-      left = w0 * a + w3 * b + w6 * d;
-      middle = w1 * a + w4 * b + w7 * d;
+    if (j >= line.pad_before && j < real_end) {
+      const int32_t a = *r0, b = *r1, d = *r2;
+      r0 += step, r1 += step, r2 += step;
+      left = w00 * a + w10 * b + w20 * d;
+      middle = w01 * a + w11 * b + w21 * d;
     }
     s1 = s0 + middle;
-    s0 = left;
+    s0 = acc + left;
   }
-  const int main_end = real_end < positions ? real_end : positions;
-  for (; j < main_end; ++j, o += step) { /* input positions: no tests */
-    const int32_t a = p[0], b = p[o1], d = p[o2];
-    p += step;
-    *o = dw3x3_finish(acc + s1 + w2 * a + w5 * b + w8 * d, multiplier, shift, offset, lo,
-                      hi);
-    s1 = s0 + w1 * a + w4 * b + w7 * d;
-    s0 = w0 * a + w3 * b + w6 * d;
+  int8_t* const main_end = o + (ptrdiff_t)((real_end < positions ? real_end : positions) - 2) * step;
+  for (; o != main_end; o += step) { /* input positions: no tests */
+    const int32_t a = *r0, b = *r1, d = *r2;
+    r0 += step, r1 += step, r2 += step;
+    *o = dw3x3_finish(s1 + w02 * a + w12 * b + w22 * d, rq, line.offset, line.lo, line.hi);
+    s1 = s0 + w01 * a + w11 * b + w21 * d;
+    s0 = acc + w00 * a + w10 * b + w20 * d;
   }
-  for (; j < positions; ++j, o += step) { /* zero-point positions behind the line */
-    *o = dw3x3_finish(acc + s1 + zr, multiplier, shift, offset, lo, hi);
+  int8_t* const end = o + (ptrdiff_t)(positions - (real_end < positions ? real_end : positions)) * step;
+  for (; o != end; o += step) { /* zero-point positions behind the line */
+    *o = dw3x3_finish(s1 + zr, rq, line.offset, line.lo, line.hi);
     s1 = s0 + zm;
-    s0 = zl;
+    s0 = acc + zl;
+  }
+}
+
+/* The lines of one channel of the 3x3 depthwise loop, its weights (w[3 * line across +
+ * tap along it]) and requantization held in registers across them. A line with its
+ * first or last input line outside the input (padding) runs a copy of the loop without
+ * that line's loads and products; other lines with lines outside (inputs narrower than
+ * the window, padding 2) read in-range memory with zero weights. */
+__attribute__((noinline)) static void dw3x3_plane(const dw_line_t* line_of, const int8_t* in,
+                                                  int8_t* out, const int32_t* w,
+                                                  int32_t bias, int32_t multiplier,
+                                                  int32_t shift, int lines, int in_lines,
+                                                  int pad_across, size_t in_across,
+                                                  size_t out_across) {
+  const dw_line_t line = *line_of;
+  const tflq_requant_t rq = tflq_requant_make(multiplier, shift);
+  const int32_t zp = line.zp;
+  int32_t v[9]; /* weights times 2^left (wrapping: equal mod 2^32) */
+  for (int k = 0; k < 9; ++k) v[k] = (int32_t)((uint32_t)w[k] << rq.left);
+  const int32_t w00 = v[0], w01 = v[1], w02 = v[2], w10 = v[3], w11 = v[4], w12 = v[5],
+                w20 = v[6], w21 = v[7], w22 = v[8];
+  const int32_t acc = (int32_t)((uint32_t)bias << rq.left);
+  const int32_t z0 = zp * (w00 + w01 + w02), z2 = zp * (w20 + w21 + w22);
+  for (int i = 0; i < lines; ++i, out += out_across) {
+    const int top = i - pad_across; /* the input line of the first tap across */
+    const int8_t* r1 = in + (ptrdiff_t)(top + 1) * (ptrdiff_t)in_across;
+    if (top >= 0 && top + 2 < in_lines) {
+      dw3x3_line(line, r1 - in_across, r1, r1 + in_across, out, acc, rq, w00, w01, w02, w10,
+                 w11, w12, w20, w21, w22);
+    } else if (top == -1 && top + 2 < in_lines) {
+      dw3x3_line(line, r1, r1, r1 + in_across, out, acc + z0, rq, 0, 0, 0, w10, w11, w12,
+                 w20, w21, w22);
+    } else if (top >= 0 && top + 2 == in_lines) {
+      dw3x3_line(line, r1 - in_across, r1, r1, out, acc + z2, rq, w00, w01, w02, w10, w11,
+                 w12, 0, 0, 0);
+    } else {
+      const int8_t* rows[3];
+      int32_t u[9], a = acc;
+      for (int r = 0; r < 3; ++r) {
+        const int at = top + r, inside = at >= 0 && at < in_lines;
+        rows[r] = in + (inside ? (size_t)at * in_across : 0);
+        for (int k = 3 * r; k < 3 * r + 3; ++k) {
+          u[k] = inside ? v[k] : 0;
+          a += inside ? 0 : zp * v[k];
+        }
+      }
+      dw3x3_line(line, rows[0], rows[1], rows[2], out, a, rq, u[0], u[1], u[2], u[3], u[4],
+                 u[5], u[6], u[7], u[8]);
+    }
   }
 }
 
 /* DEPTHWISE_CONV_2D 3x3, stride 1, no dilation, multiplier 1, int8 input and output
- * stored directly (padding <= 2): one channel at a time, its 9 weights and
- * requantization loaded once, one dw3x3_row per output line: rows, or columns where
- * those are longer (DS-CNN's 25x5: 5 outputs a row, 25 a column) and the output is as
- * wide as the input. A line outside the input is read from one inside with zero
- * weights, its taps' zero-point products added to the accumulator once. */
-INLINE void depthwise3x3_lines(const tflq_layer_t* l, const int8_t* in, int8_t* out,
-                               const int down) {
+ * stored directly (padding <= 2): one channel at a time, one dw3x3_plane each, along
+ * rows, or down columns where those are longer (DS-CNN's 25x5: 5 outputs a row, 25 a
+ * column) and the output is as wide as the input. */
+static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
+  const int down = l->out_h > l->out_w && l->out_w == l->in_w;
   const int channels = l->out_channels;
-  const int32_t zp = -l->input_offset;
   const size_t in_row = (size_t)l->in_w * channels, out_row = (size_t)l->out_w * channels;
   const dw_line_t line = {down ? (ptrdiff_t)in_row : channels, down ? l->out_h : l->out_w,
                           down ? l->pad_top : l->pad_left, down ? l->in_h : l->in_w,
-                          zp, l->output_offset, l->act_min, l->act_max};
+                          -l->input_offset, l->output_offset, l->act_min, l->act_max};
   /* Lines, and the input lines beside them, across the sweep. */
   const int lines = down ? l->out_w : l->out_h, in_lines = down ? l->in_w : l->in_h;
   const int pad_across = down ? l->pad_left : l->pad_top;
   const size_t in_across = down ? (size_t)channels : in_row;
   const size_t out_across = down ? (size_t)channels : out_row;
   for (int c = 0; c < channels; ++c) {
-    int32_t weights[9]; /* [3 * line across + tap along it] */
+    int32_t w[9]; /* [3 * line across + tap along it] */
     for (int k = 0; k < 9; ++k)
-      weights[down ? 3 * (k % 3) + k / 3 : k] = weight_at(l, c, k); /* k: 3 * ky + kx */
+      w[down ? 3 * (k % 3) + k / 3 : k] = weight_at(l, c, k); /* k: 3 * ky + kx */
     const int q = l->requant_per_channel ? c : 0;
-    const int32_t multiplier = l->multiplier[q], shift = l->shift[q];
-    for (int i = 0; i < lines; ++i) {
-      const int8_t* rows[3];
-      int32_t w[9], acc = l->bias[c];
-      for (int r = 0; r < 3; ++r) {
-        const int at = i - pad_across + r;
-        const int inside = at >= 0 && at < in_lines;
-        rows[r] = in + (inside ? (size_t)at * in_across : 0) + c;
-        for (int k = 3 * r; k < 3 * r + 3; ++k) {
-          w[k] = inside ? weights[k] : 0;
-          acc += inside ? 0 : zp * weights[k];
-        }
-      }
-      dw3x3_row(&line, rows[0], rows[1] - rows[0], rows[2] - rows[0], w, acc, multiplier,
-                shift, out + (size_t)i * out_across + c);
-    }
+    dw3x3_plane(&line, in + c, out + c, w, l->bias[c], l->multiplier[q], l->shift[q], lines,
+                in_lines, pad_across, in_across, out_across);
   }
-}
-
-/* One loop per sweep: each with its steps known (the row sweep's is the loop before
- * column sweeps came, instruction for instruction). */
-static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
-  if (l->out_h > l->out_w && l->out_w == l->in_w)
-    depthwise3x3_lines(l, in, out, 1);
-  else
-    depthwise3x3_lines(l, in, out, 0);
 }
 
 static void depthwise(const tflq_layer_t* l, const uint8_t* in, uint8_t* output) {

@@ -30,19 +30,44 @@
 
 #include <stdint.h>
 
+/* The requantization of one multiplier and shift, split at its left shift: loops
+ * that fold 2^left into their weights and bias (wrapping, so equal mod 2^32) make it
+ * once and apply tflq_requant_shifted to acc * 2^left. */
+typedef struct {
+  int32_t left;  /* max(shift, 0) */
+  int32_t right; /* max(-shift, 0) */
+  uint32_t m2;   /* 2 * multiplier */
+  int32_t mask;  /* 2^right - 1 */
+  int32_t half;  /* mask / 2 */
+} tflq_requant_t;
+
+static inline __attribute__((always_inline)) tflq_requant_t tflq_requant_make(
+    int32_t multiplier, int32_t shift) {
+  tflq_requant_t r;
+  r.left = shift & ~(shift >> 31); /* no branch */
+  r.right = r.left - shift;
+  r.m2 = (uint32_t)multiplier << 1;
+  r.mask = (int32_t)(((uint32_t)1 << r.right) - 1);
+  r.half = r.mask >> 1;
+  return r;
+}
+
+/* RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(a, m), right) for a = acc * 2^left. */
+static inline __attribute__((always_inline)) int32_t tflq_requant_shifted(int32_t a,
+                                                                          tflq_requant_t r) {
+  const int64_t product = (int64_t)a * (int64_t)r.m2; /* a * M2 */
+  const int32_t high = (int32_t)(product >> 32) + (int32_t)((uint32_t)product >> 31);
+  /* gemmlowp RoundingDivideByPOT: round half away from zero. */
+  const int32_t threshold = r.half + (int32_t)((uint32_t)high >> 31);
+  return (high >> r.right) + ((high & r.mask) > threshold);
+}
+
 /* TFLM's MultiplyByQuantizedMultiplier, bit for bit, for multiplier >= 0 and
  * -31 <= shift <= 30 (the layer checks enforce both). */
 static inline __attribute__((always_inline)) int32_t tflq_multiply_by_quantized_multiplier(
     int32_t acc, int32_t multiplier, int32_t shift) {
-  const int32_t left = shift & ~(shift >> 31); /* max(shift, 0), no branch */
-  const int32_t right = left - shift;          /* max(-shift, 0) */
-  const int32_t a = (int32_t)((uint32_t)acc << left);
-  const int64_t product = (int64_t)a * (int64_t)((uint32_t)multiplier << 1);  /* a * M2 */
-  const int32_t high = (int32_t)(product >> 32) + (int32_t)((uint32_t)product >> 31);
-  /* gemmlowp RoundingDivideByPOT: round half away from zero. */
-  const int32_t mask = (int32_t)(((uint32_t)1 << right) - 1);
-  const int32_t threshold = (mask >> 1) + (int32_t)((uint32_t)high >> 31);
-  return (high >> right) + ((high & mask) > threshold);
+  const tflq_requant_t r = tflq_requant_make(multiplier, shift);
+  return tflq_requant_shifted((int32_t)((uint32_t)acc << r.left), r);
 }
 
 #endif /* TFLQ_REQUANTIZE_H_ */
