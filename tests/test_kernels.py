@@ -151,14 +151,19 @@ def test_depthwise_3x3_loop_equals_tflm_reference_arithmetic(host, name):
     # the output as wide as the input).
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     sweeps = set()
-    for trial in range(14):
+    for trial in range(16):
         layer = random_layer(rng, packing.OP_DEPTHWISE, codebook_of(rng, name),
                              per_channel_scale=trial % 2 == 0, dw3x3=True)
+        channels = layer.out_channels
         if trial >= 12:  # multipliers above 1: left shifts, which the loop folds into weights
-            channels = layer.out_channels
             layer.shift = rng.integers(1, 4, channels).astype(np.int32)
             layer.multiplier = rng.integers(2**30, 2**31, channels).astype(np.int32)
             layer.bias = rng.integers(-300, 300, channels).astype(np.int32)
+        if trial >= 14:  # biases near int32's limits: the fast rounding's bound, and beyond
+            layer.shift = rng.integers(-25, -20, channels).astype(np.int32)
+            low = 2**30 if trial == 14 else 2**31 - 2**27
+            layer.bias = (rng.choice([-1, 1], channels) *
+                          rng.integers(low, 2**31 - 2**18, channels)).astype(np.int32)
         assert (layer.kernel, layer.stride, layer.dilation) == ((3, 3), (1, 1), (1, 1))
         sweeps.add(layer.out_hw[0] > layer.out_hw[1] and layer.out_hw[1] == layer.in_hwc[1])
         enc = None if name == "int8" else packing.choose_encoding(layer.weights)

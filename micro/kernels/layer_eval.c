@@ -1035,120 +1035,183 @@ INLINE_COPIES static void conv(const tflq_layer_t* l, const uint8_t* in, uint8_t
   }
 }
 
-/* The requantized, clamped int8 of one depthwise output, from its accumulator times
- * 2^left (the loop's weights and bias carry the left shift). */
-INLINE int8_t dw3x3_finish(int32_t shifted_acc, tflq_requant_t rq, int32_t offset, int32_t lo,
-                           int32_t hi) {
-  int32_t v = tflq_requant_shifted(shifted_acc, rq) + offset;
-  if (v < lo) v = lo;
-  if (v > hi) v = hi;
-  return (int8_t)v;
-}
-
 /* A line a 3x3 depthwise sweep walks, of one channel: an output row, or a column where
  * the columns are longer (and input and output as wide: one step for both), and the
  * layer's output constants. Passed by value: an int8 store may alias the layer. */
 typedef struct {
   ptrdiff_t step; /* bytes between positions along the line, in the input and the output */
-  int count;      /* outputs along the line */
   int pad_before; /* zero-point positions before the first input position (<= 2) */
-  int in_len;     /* input positions along the line */
+  int inner;      /* outputs completed by input positions (after the first two positions) */
+  int behind;     /* outputs completed by zero-point positions behind the line */
   int32_t zp, offset, lo, hi;
 } dw_line_t;
 
+/* The output constants and requantization of one channel. `rounding` is the requantized
+ * value's rounding and offset folded into one addition, which the channel uses where
+ * no accumulator can overflow it (see dw3x3_plane); otherwise tflq_requant_shifted. */
+typedef struct {
+  tflq_requant_t rq;
+  int32_t rounding; /* 2^(right - 1) + offset * 2^right */
+} dw_requant_t;
+
+/* The requantized, clamped int8 of one depthwise output from its accumulator times
+ * 2^left (the loop's weights and bias carry the left shift). Fast: gemmlowp's
+ * rounding division of high = SaturatingRoundingDoublingHighMul(acc, m) by 2^right,
+ * plus the offset, as floor((high - [high < 0] + 2^(right - 1) + offset 2^right) /
+ * 2^right), exact for right >= 1 where that sum does not overflow. */
+INLINE int8_t dw3x3_finish(int32_t shifted_acc, dw_requant_t r, const dw_line_t line,
+                           const int fast) {
+  int32_t v;
+  if (fast) {
+    const int64_t product = (int64_t)shifted_acc * (int64_t)r.rq.m2;
+    const int32_t high = (int32_t)(product >> 32) + (int32_t)((uint32_t)product >> 31);
+    v = (high + (high >> 31) + r.rounding) >> r.rq.right;
+  } else {
+    v = tflq_requant_shifted(shifted_acc, r.rq) + line.offset;
+  }
+  if (v < line.lo) v = line.lo;
+  if (v > line.hi) v = line.hi;
+  return (int8_t)v;
+}
+
 /* One output line of one channel of the 3x3 depthwise loop. The line's input
- * positions, padded with pad_before zero-point positions in front and the rest behind
- * (count + 2 in all), arrive one at a time; position j holds (a, b, d) from the three
- * neighbouring input lines r0, r1, r2 and adds its first, middle and last sums
- * (weights wRT: input line R, tap T along it) to outputs j, j - 1 and j - 2, the last
- * of which is then complete. So each output loads 3 inputs and keeps 2 partial sums. A
- * zero-point position adds the constants zp * (its weights' sum). `acc` holds the bias
- * and the lines outside the input, whose weights are 0 (so that, inlined with constant
- * zeros, their loads and products drop out). Weights and acc are times 2^left. */
+ * positions, padded with pad_before zero-point positions in front and the rest behind,
+ * arrive one at a time; position j holds (a, b, d) from the three neighbouring input
+ * lines r0, r1, r2 and adds its first, middle and last sums (weights wRT: input line
+ * R, tap T along it) to outputs j, j - 1 and j - 2, the last of which is then complete.
+ * So each output loads 3 inputs and keeps 2 partial sums. A zero-point position adds
+ * the constants zp * (its weights' sum). `acc` holds the bias and the lines outside
+ * the input, whose weights are 0 (so that, inlined with constant zeros, their loads
+ * and products drop out). Weights and acc are times 2^left. */
 INLINE void dw3x3_line(const dw_line_t line, const int8_t* r0, const int8_t* r1,
-                       const int8_t* r2, int8_t* o, int32_t acc, tflq_requant_t rq,
-                       int32_t w00, int32_t w01, int32_t w02, int32_t w10, int32_t w11,
-                       int32_t w12, int32_t w20, int32_t w21, int32_t w22) {
+                       const int8_t* r2, int8_t* o, int32_t acc, dw_requant_t rq,
+                       const int fast, int32_t w00, int32_t w01, int32_t w02, int32_t w10,
+                       int32_t w11, int32_t w12, int32_t w20, int32_t w21, int32_t w22) {
   const ptrdiff_t step = line.step;
   const int32_t zl = line.zp * (w00 + w10 + w20), zm = line.zp * (w01 + w11 + w21),
                 zr = line.zp * (w02 + w12 + w22);
-  const int positions = line.count + 2, real_end = line.pad_before + line.in_len;
-  int32_t s0 = 0, s1 = 0; /* partial sums of outputs j and j - 1 */
-  int j = 0;
-  for (; j < 2; ++j) { /* the first two positions complete no output */
-    int32_t left = zl, middle = zm;
-    if (j >= line.pad_before && j < real_end) {
-      const int32_t a = *r0, b = *r1, d = *r2;
+  int32_t s0, s1; /* partial sums of outputs j and j - 1, past the first two positions */
+  if (line.pad_before == 2) {
+    s1 = acc + zl + zm;
+    s0 = acc + zl;
+  } else {
+    int32_t a = *r0, b = *r1, d = *r2;
+    r0 += step, r1 += step, r2 += step;
+    int32_t left = w00 * a + w10 * b + w20 * d, middle = w01 * a + w11 * b + w21 * d;
+    if (line.pad_before == 1) {
+      s1 = acc + zl + middle;
+    } else {
+      a = *r0, b = *r1, d = *r2;
       r0 += step, r1 += step, r2 += step;
+      s1 = acc + left + w01 * a + w11 * b + w21 * d;
       left = w00 * a + w10 * b + w20 * d;
-      middle = w01 * a + w11 * b + w21 * d;
     }
-    s1 = s0 + middle;
     s0 = acc + left;
   }
-  int8_t* const main_end = o + (ptrdiff_t)((real_end < positions ? real_end : positions) - 2) * step;
-  for (; o != main_end; o += step) { /* input positions: no tests */
+  int8_t* const inner_end = o + (ptrdiff_t)line.inner * step;
+  for (; o != inner_end; o += step) { /* input positions: no tests */
     const int32_t a = *r0, b = *r1, d = *r2;
     r0 += step, r1 += step, r2 += step;
-    *o = dw3x3_finish(s1 + w02 * a + w12 * b + w22 * d, rq, line.offset, line.lo, line.hi);
+    *o = dw3x3_finish(s1 + w02 * a + w12 * b + w22 * d, rq, line, fast);
     s1 = s0 + w01 * a + w11 * b + w21 * d;
     s0 = acc + w00 * a + w10 * b + w20 * d;
   }
-  int8_t* const end = o + (ptrdiff_t)(positions - (real_end < positions ? real_end : positions)) * step;
-  for (; o != end; o += step) { /* zero-point positions behind the line */
-    *o = dw3x3_finish(s1 + zr, rq, line.offset, line.lo, line.hi);
+  for (int j = 0; j < line.behind; ++j, o += step) { /* zero-point positions behind */
+    *o = dw3x3_finish(s1 + zr, rq, line, fast);
     s1 = s0 + zm;
     s0 = acc + zl;
   }
 }
 
-/* The lines of one channel of the 3x3 depthwise loop, its weights (w[3 * line across +
- * tap along it]) and requantization held in registers across them. A line with its
- * first or last input line outside the input (padding) runs a copy of the loop without
- * that line's loads and products; other lines with lines outside (inputs narrower than
- * the window, padding 2) read in-range memory with zero weights. */
+/* The weights, bias and requantization of one channel of the 3x3 depthwise loop. */
+typedef struct {
+  int32_t w[9]; /* [3 * line across + tap along it], times 2^left (wrapping: equal mod 2^32) */
+  int32_t acc;  /* the bias times 2^left */
+  dw_requant_t rq;
+  int fast; /* no accumulator can overflow the fast rounding */
+} dw_channel_t;
+
+/* A line of a 3x3 depthwise channel with input lines outside the input, top: the input
+ * line of its first tap across. With the fast rounding, a line whose first or last input
+ * line is outside (padding) runs a copy of the loop without that line's loads and
+ * products; other lines (inputs narrower than the window, padding 2), and channels
+ * without it, run the general copy: lines outside read in-range memory with zero
+ * weights. */
+__attribute__((noinline)) static void dw3x3_edge(const dw_line_t* line_of,
+                                                 const dw_channel_t* ch, const int8_t* in,
+                                                 int8_t* out, int top, int in_lines,
+                                                 size_t in_across) {
+  const dw_line_t line = *line_of;
+  const int32_t* v = ch->w;
+  const int32_t zp = line.zp, acc = ch->acc;
+  const dw_requant_t rq = ch->rq;
+  const int8_t* r1 = in + (ptrdiff_t)(top + 1) * (ptrdiff_t)in_across;
+  if (ch->fast && top == -1 && top + 2 < in_lines) {
+    dw3x3_line(line, r1, r1, r1 + in_across, out, acc + zp * (v[0] + v[1] + v[2]), rq, 1, 0,
+               0, 0, v[3], v[4], v[5], v[6], v[7], v[8]);
+  } else if (ch->fast && top >= 0 && top + 2 == in_lines) {
+    dw3x3_line(line, r1 - in_across, r1, r1, out, acc + zp * (v[6] + v[7] + v[8]), rq, 1,
+               v[0], v[1], v[2], v[3], v[4], v[5], 0, 0, 0);
+  } else {
+    const int8_t* rows[3];
+    int32_t u[9], a = acc;
+    for (int r = 0; r < 3; ++r) {
+      const int at = top + r, inside = at >= 0 && at < in_lines;
+      rows[r] = in + (inside ? (size_t)at * in_across : 0);
+      for (int k = 3 * r; k < 3 * r + 3; ++k) {
+        u[k] = inside ? v[k] : 0;
+        a += inside ? 0 : zp * v[k];
+      }
+    }
+    dw3x3_line(line, rows[0], rows[1], rows[2], out, a, rq, 0, u[0], u[1], u[2], u[3], u[4],
+               u[5], u[6], u[7], u[8]);
+  }
+}
+
+/* The lines of one channel of the 3x3 depthwise loop: the lines with all three input
+ * lines inside in one loop of their own, which holds the weights and requantization in
+ * registers across them, and the lines before and after through dw3x3_edge. The fast
+ * rounding is used where no accumulator can overflow it: |bias| + 128 sum |w| bounds
+ * every sum, inputs and zero point being in -128 .. 127. */
 __attribute__((noinline)) static void dw3x3_plane(const dw_line_t* line_of, const int8_t* in,
                                                   int8_t* out, const int32_t* w,
                                                   int32_t bias, int32_t multiplier,
                                                   int32_t shift, int lines, int in_lines,
                                                   int pad_across, size_t in_across,
                                                   size_t out_across) {
-  const dw_line_t line = *line_of;
-  const tflq_requant_t rq = tflq_requant_make(multiplier, shift);
-  const int32_t zp = line.zp;
-  int32_t v[9]; /* weights times 2^left (wrapping: equal mod 2^32) */
-  for (int k = 0; k < 9; ++k) v[k] = (int32_t)((uint32_t)w[k] << rq.left);
-  const int32_t w00 = v[0], w01 = v[1], w02 = v[2], w10 = v[3], w11 = v[4], w12 = v[5],
-                w20 = v[6], w21 = v[7], w22 = v[8];
-  const int32_t acc = (int32_t)((uint32_t)bias << rq.left);
-  const int32_t z0 = zp * (w00 + w01 + w02), z2 = zp * (w20 + w21 + w22);
-  for (int i = 0; i < lines; ++i, out += out_across) {
-    const int top = i - pad_across; /* the input line of the first tap across */
-    const int8_t* r1 = in + (ptrdiff_t)(top + 1) * (ptrdiff_t)in_across;
-    if (top >= 0 && top + 2 < in_lines) {
-      dw3x3_line(line, r1 - in_across, r1, r1 + in_across, out, acc, rq, w00, w01, w02, w10,
-                 w11, w12, w20, w21, w22);
-    } else if (top == -1 && top + 2 < in_lines) {
-      dw3x3_line(line, r1, r1, r1 + in_across, out, acc + z0, rq, 0, 0, 0, w10, w11, w12,
-                 w20, w21, w22);
-    } else if (top >= 0 && top + 2 == in_lines) {
-      dw3x3_line(line, r1 - in_across, r1, r1, out, acc + z2, rq, w00, w01, w02, w10, w11,
-                 w12, 0, 0, 0);
-    } else {
-      const int8_t* rows[3];
-      int32_t u[9], a = acc;
-      for (int r = 0; r < 3; ++r) {
-        const int at = top + r, inside = at >= 0 && at < in_lines;
-        rows[r] = in + (inside ? (size_t)at * in_across : 0);
-        for (int k = 3 * r; k < 3 * r + 3; ++k) {
-          u[k] = inside ? v[k] : 0;
-          a += inside ? 0 : zp * v[k];
-        }
-      }
-      dw3x3_line(line, rows[0], rows[1], rows[2], out, a, rq, u[0], u[1], u[2], u[3], u[4],
-                 u[5], u[6], u[7], u[8]);
-    }
+  dw_channel_t ch;
+  ch.rq.rq = tflq_requant_make(multiplier, shift);
+  uint32_t bound = bias < 0 ? -(uint32_t)bias : (uint32_t)bias; /* <= 2^31 */
+  for (int k = 0; k < 9; ++k) {
+    ch.w[k] = (int32_t)((uint32_t)w[k] << ch.rq.rq.left);
+    bound += 128u * (uint32_t)(w[k] < 0 ? -w[k] : w[k]); /* < 2^31 + 2^18 */
   }
+  ch.acc = (int32_t)((uint32_t)bias << ch.rq.rq.left);
+  const int32_t right = ch.rq.rq.right;
+  /* |high| <= bound + 1 and |rounding| <= 2^(right - 1) + 128 2^right: their sum below 2^31. */
+  ch.fast = right >= 1 && right <= 22 &&
+            bound + 1u + (1u << (right - 1)) + (128u << right) < 0x80000000u;
+  ch.rq.rounding = (int32_t)((1u << (right - 1)) + ((uint32_t)line_of->offset << right));
+  /* Lines [first, last) have their three input lines inside. */
+  const int first = pad_across < lines ? pad_across : lines;
+  int last = in_lines - 2 + pad_across < lines ? in_lines - 2 + pad_across : lines;
+  if (last < first || !ch.fast) last = first;
+  int i = 0;
+  for (; i < first; ++i, out += out_across)
+    dw3x3_edge(line_of, &ch, in, out, i - pad_across, in_lines, in_across);
+  if (i < last) {
+    const dw_line_t line = *line_of;
+    const int32_t w00 = ch.w[0], w01 = ch.w[1], w02 = ch.w[2], w10 = ch.w[3], w11 = ch.w[4],
+                  w12 = ch.w[5], w20 = ch.w[6], w21 = ch.w[7], w22 = ch.w[8];
+    const int32_t acc = ch.acc;
+    const dw_requant_t rq = ch.rq;
+    const int8_t* r0 = in + (ptrdiff_t)(i - pad_across) * (ptrdiff_t)in_across;
+    for (; i < last; ++i, out += out_across, r0 += in_across)
+      dw3x3_line(line, r0, r0 + in_across, r0 + 2 * in_across, out, acc, rq, 1, w00, w01, w02,
+                 w10, w11, w12, w20, w21, w22);
+  }
+  for (; i < lines; ++i, out += out_across)
+    dw3x3_edge(line_of, &ch, in, out, i - pad_across, in_lines, in_across);
 }
 
 /* DEPTHWISE_CONV_2D 3x3, stride 1, no dilation, multiplier 1, int8 input and output
@@ -1159,9 +1222,13 @@ static void depthwise3x3(const tflq_layer_t* l, const int8_t* in, int8_t* out) {
   const int down = l->out_h > l->out_w && l->out_w == l->in_w;
   const int channels = l->out_channels;
   const size_t in_row = (size_t)l->in_w * channels, out_row = (size_t)l->out_w * channels;
-  const dw_line_t line = {down ? (ptrdiff_t)in_row : channels, down ? l->out_h : l->out_w,
-                          down ? l->pad_top : l->pad_left, down ? l->in_h : l->in_w,
-                          -l->input_offset, l->output_offset, l->act_min, l->act_max};
+  /* Along a line: count outputs from count + 2 positions, pad_before + in_len real. */
+  const int count = down ? l->out_h : l->out_w, in_len = down ? l->in_h : l->in_w;
+  const int pad_before = down ? l->pad_top : l->pad_left;
+  const int real_end = pad_before + in_len < count + 2 ? pad_before + in_len : count + 2;
+  const dw_line_t line = {down ? (ptrdiff_t)in_row : channels, pad_before, real_end - 2,
+                          count + 2 - real_end, -l->input_offset, l->output_offset,
+                          l->act_min, l->act_max};
   /* Lines, and the input lines beside them, across the sweep. */
   const int lines = down ? l->out_w : l->out_h, in_lines = down ? l->in_w : l->in_h;
   const int pad_across = down ? l->pad_left : l->pad_top;
