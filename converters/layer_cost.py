@@ -46,9 +46,9 @@ MEASURED_CHANNELS = 128
 # kernel over int8 input gathers nothing: this overestimates it.)
 PATCH_PER_INPUT = 2.7
 
-# tflq's builtin int8 DEPTHWISE_CONV_2D 3x3 on 8x8, 32 and 64 channels: 9.44, 9.41
-# (docs/benchmarks/packed_kernels.md).
-INT8_DEPTHWISE_PER_MAC = 9.43
+# tflq's builtin int8 DEPTHWISE_CONV_2D 3x3 on 8x8, 32 and 64 channels: 5.85, 5.82
+# (docs/benchmarks/packed_kernels.md; the channel-plane loop of micro/kernels).
+INT8_DEPTHWISE_PER_MAC = 5.84
 # int8 rows of a CONV_2D with at least 8 output channels, two output positions per pass
 # (layer_eval.c: int8_vector2): CONV_2D 3x3 16 -> 64 on 8x8, generator default, 3.18
 # (docs/benchmarks/packed_kernels.md). Other int8 rows: FC 128 -> 128's figure
